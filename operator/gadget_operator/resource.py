@@ -1,0 +1,219 @@
+"""The GadgetInstance resource: API constants, the parsed spec, and parsing with field-path errors.
+
+The CRD in ``crds/`` rejects most bad input at admission; this parser is the second line (a resource
+applied before the CRD was updated, or a rule a schema cannot express) and turns what is left into a
+``SpecError`` naming the field, which the operator reports as ``phase: Failed`` in the status.
+"""
+
+from __future__ import annotations
+
+import enum
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from gadget_operator import identity
+from gadget_operator.errors import SpecError
+
+GROUP = "gadget-operator.io"
+VERSION = "v1alpha1"
+KIND = "GadgetInstance"
+PLURAL = "gadgetinstances"
+SHORT_NAME = "gi"
+FINALIZER = "gadget-operator.io/cleanup"
+
+MAX_PARAMS = 64
+MAX_TAGS = 32
+MAX_NODES = 1000
+MAX_LOG_LEVEL = 6
+_NODE_NAME = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+_LABEL_KEY = re.compile(r"^([a-z0-9]([-a-z0-9.]*[a-z0-9])?/)?[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$")
+
+
+class SelectorOperator(enum.StrEnum):
+    IN = "In"
+    NOT_IN = "NotIn"
+    EXISTS = "Exists"
+    DOES_NOT_EXIST = "DoesNotExist"
+
+
+@dataclass(frozen=True, slots=True)
+class SelectorRequirement:
+    key: str
+    operator: SelectorOperator
+    values: frozenset[str] = frozenset()
+
+    def matches(self, labels: Mapping[str, str]) -> bool:
+        match self.operator:
+            case SelectorOperator.IN:
+                return labels.get(self.key) in self.values
+            case SelectorOperator.NOT_IN:
+                return labels.get(self.key) not in self.values
+            case SelectorOperator.EXISTS:
+                return self.key in labels
+            case SelectorOperator.DOES_NOT_EXIST:
+                return self.key not in labels
+
+
+@dataclass(frozen=True, slots=True)
+class LabelSelector:
+    """A standard Kubernetes label selector; the empty selector matches everything."""
+
+    match_labels: Mapping[str, str] = field(default_factory=dict)
+    match_expressions: tuple[SelectorRequirement, ...] = ()
+
+    def matches(self, labels: Mapping[str, str]) -> bool:
+        return all(labels.get(k) == v for k, v in self.match_labels.items()) and all(
+            req.matches(labels) for req in self.match_expressions
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class GadgetInstanceSpec:
+    image: str
+    params: Mapping[str, str] = field(default_factory=dict)
+    node_selector: LabelSelector = field(default_factory=LabelSelector)
+    nodes: frozenset[str] | None = None
+    """An explicit node list; None means every node the selector matches."""
+    tags: tuple[str, ...] = ()
+    log_level: int = 0
+    event_buffer_length: int = 0
+    suspend: bool = False
+
+    def targets(self, node: str, labels: Mapping[str, str]) -> bool:
+        """Whether this spec wants an instance on ``node`` (both the list and the selector must agree)."""
+        return (self.nodes is None or node in self.nodes) and self.node_selector.matches(labels)
+
+    def daemon_payload(self) -> dict[str, object]:
+        """What reaches the daemon; its hash names the instance, so only these fields restart it."""
+        return {
+            "image": self.image,
+            "params": dict(self.params),
+            "tags": list(self.tags),
+            "logLevel": self.log_level,
+            "eventBufferLength": self.event_buffer_length,
+        }
+
+    def hash(self) -> str:
+        return identity.spec_hash(self.daemon_payload())
+
+
+
+def parse_spec(raw: Any) -> GadgetInstanceSpec:
+    """Parse ``spec`` from a GadgetInstance body; raise ``SpecError`` naming the first bad field."""
+    if not isinstance(raw, Mapping):
+        raise SpecError("spec", "must be an object")
+    image = raw.get("image")
+    if not isinstance(image, str) or not image.strip():
+        raise SpecError("spec.image", "is required and must be a non-empty string")
+    if image != image.strip() or any(ch.isspace() for ch in image):
+        raise SpecError("spec.image", f"must not contain white space: {image!r}")
+
+    params = _string_map(raw.get("params"), "spec.params", MAX_PARAMS)
+    tags = _string_list(raw.get("tags"), "spec.tags", MAX_TAGS)
+    for index, tag in enumerate(tags):
+        if tag.startswith(identity.TAG_PREFIX):
+            raise SpecError(f"spec.tags[{index}]", f"the prefix {identity.TAG_PREFIX} is reserved")
+
+    nodes_raw = raw.get("nodes")
+    nodes: frozenset[str] | None = None
+    if nodes_raw is not None:
+        node_list = _string_list(nodes_raw, "spec.nodes", MAX_NODES)
+        for index, node in enumerate(node_list):
+            if len(node) > 253 or not _NODE_NAME.fullmatch(node):
+                raise SpecError(f"spec.nodes[{index}]", f"{node!r} is not a valid node name")
+        nodes = frozenset(node_list)
+
+    return GadgetInstanceSpec(
+        image=image,
+        params=params,
+        node_selector=_selector(raw.get("nodeSelector"), "spec.nodeSelector"),
+        nodes=nodes,
+        tags=tuple(tags),
+        log_level=_int(raw.get("logLevel"), "spec.logLevel", 0, MAX_LOG_LEVEL),
+        event_buffer_length=_int(raw.get("eventBufferLength"), "spec.eventBufferLength", 0, 2**31 - 1),
+        suspend=_bool(raw.get("suspend"), "spec.suspend"),
+    )
+
+
+def _string_map(raw: Any, path: str, limit: int) -> dict[str, str]:
+    if raw is None:
+        return {}
+    if not isinstance(raw, Mapping):
+        raise SpecError(path, "must be a map of strings to strings")
+    if len(raw) > limit:
+        raise SpecError(path, f"has {len(raw)} entries; at most {limit} are allowed")
+    for key, value in raw.items():
+        if not isinstance(key, str) or not key:
+            raise SpecError(path, f"keys must be non-empty strings, got {key!r}")
+        if not isinstance(value, str):
+            raise SpecError(f"{path}.{key}", f"must be a string (quote it in YAML), got {value!r}")
+    return dict(raw)
+
+
+def _string_list(raw: Any, path: str, limit: int) -> list[str]:
+    if raw is None:
+        return []
+    if not isinstance(raw, list):
+        raise SpecError(path, "must be a list of strings")
+    if len(raw) > limit:
+        raise SpecError(path, f"has {len(raw)} entries; at most {limit} are allowed")
+    for index, item in enumerate(raw):
+        if not isinstance(item, str) or not item:
+            raise SpecError(f"{path}[{index}]", f"must be a non-empty string, got {item!r}")
+    return list(raw)
+
+
+def _int(raw: Any, path: str, low: int, high: int) -> int:
+    if raw is None:
+        return low
+    if isinstance(raw, bool) or not isinstance(raw, int):
+        raise SpecError(path, f"must be an integer, got {raw!r}")
+    if not low <= raw <= high:
+        raise SpecError(path, f"must be between {low} and {high}, got {raw}")
+    return raw
+
+
+def _bool(raw: Any, path: str) -> bool:
+    if raw is None:
+        return False
+    if not isinstance(raw, bool):
+        raise SpecError(path, f"must be true or false, got {raw!r}")
+    return raw
+
+
+def _selector(raw: Any, path: str) -> LabelSelector:
+    if raw is None:
+        return LabelSelector()
+    if not isinstance(raw, Mapping):
+        raise SpecError(path, "must be a label selector (matchLabels, matchExpressions)")
+    unknown = set(raw) - {"matchLabels", "matchExpressions"}
+    if unknown:
+        raise SpecError(path, f"unknown field(s) {sorted(unknown)}; use matchLabels or matchExpressions")
+    labels = _string_map(raw.get("matchLabels"), f"{path}.matchLabels", 64)
+    for key in labels:
+        if not _LABEL_KEY.fullmatch(key):
+            raise SpecError(f"{path}.matchLabels", f"{key!r} is not a valid label key")
+    expressions_raw = raw.get("matchExpressions") or []
+    if not isinstance(expressions_raw, list):
+        raise SpecError(f"{path}.matchExpressions", "must be a list")
+    expressions = []
+    for index, item in enumerate(expressions_raw):
+        item_path = f"{path}.matchExpressions[{index}]"
+        if not isinstance(item, Mapping) or not isinstance(item.get("key"), str) or not item["key"]:
+            raise SpecError(item_path, "needs a key")
+        try:
+            operator = SelectorOperator(item.get("operator"))
+        except ValueError:
+            raise SpecError(
+                f"{item_path}.operator",
+                f"must be one of In, NotIn, Exists, DoesNotExist, got {item.get('operator')!r}",
+            ) from None
+        values = _string_list(item.get("values"), f"{item_path}.values", 256)
+        if operator in (SelectorOperator.IN, SelectorOperator.NOT_IN) and not values:
+            raise SpecError(f"{item_path}.values", f"must not be empty for {operator}")
+        if operator in (SelectorOperator.EXISTS, SelectorOperator.DOES_NOT_EXIST) and values:
+            raise SpecError(f"{item_path}.values", f"must be empty for {operator}")
+        expressions.append(SelectorRequirement(item["key"], operator, frozenset(values)))
+    return LabelSelector(labels, tuple(expressions))
