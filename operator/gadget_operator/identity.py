@@ -36,9 +36,7 @@ NAME_ID_CHARS = 16
 
 def validate_instance_id(instance_id: str) -> str:
     if not ID_PATTERN.fullmatch(instance_id):
-        raise InvalidInstanceError(
-            f"invalid gadget instance id {instance_id!r}: must be 32 lowercase hex characters"
-        )
+        raise InvalidInstanceError(f"invalid gadget instance id {instance_id!r}: must be 32 lowercase hex characters")
     return instance_id
 
 

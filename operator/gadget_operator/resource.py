@@ -99,7 +99,6 @@ class GadgetInstanceSpec:
         return identity.spec_hash(self.daemon_payload())
 
 
-
 def parse_spec(raw: Any) -> GadgetInstanceSpec:
     """Parse ``spec`` from a GadgetInstance body; raise ``SpecError`` naming the first bad field."""
     if not isinstance(raw, Mapping):
@@ -217,3 +216,54 @@ def _selector(raw: Any, path: str) -> LabelSelector:
             raise SpecError(f"{item_path}.values", f"must be empty for {operator}")
         expressions.append(SelectorRequirement(item["key"], operator, frozenset(values)))
     return LabelSelector(labels, tuple(expressions))
+
+
+@dataclass(frozen=True, slots=True)
+class GadgetInstanceResource:
+    """What the operator needs of one GadgetInstance object, parsed once per watch event."""
+
+    uid: str
+    namespace: str
+    name: str
+    generation: int
+    resource_version: str
+    spec: GadgetInstanceSpec | None
+    spec_error: str | None
+    deleting: bool
+    finalizers: tuple[str, ...]
+    status: Mapping[str, Any]
+
+    @property
+    def key(self) -> str:
+        return f"{self.namespace}/{self.name}"
+
+    @property
+    def has_finalizer(self) -> bool:
+        return FINALIZER in self.finalizers
+
+    @property
+    def active(self) -> bool:
+        """Whether instances should run for it now."""
+        return self.spec is not None and not self.spec.suspend and not self.deleting
+
+    @classmethod
+    def from_body(cls, body: Mapping[str, Any]) -> GadgetInstanceResource:
+        metadata = body.get("metadata", {})
+        spec: GadgetInstanceSpec | None = None
+        spec_error: str | None = None
+        try:
+            spec = parse_spec(body.get("spec"))
+        except SpecError as error:
+            spec_error = str(error)
+        return cls(
+            uid=metadata["uid"],
+            namespace=metadata.get("namespace", ""),
+            name=metadata["name"],
+            generation=int(metadata.get("generation", 1)),
+            resource_version=str(metadata.get("resourceVersion", "")),
+            spec=spec,
+            spec_error=spec_error,
+            deleting=bool(metadata.get("deletionTimestamp")),
+            finalizers=tuple(metadata.get("finalizers") or ()),
+            status=dict(body.get("status") or {}),
+        )

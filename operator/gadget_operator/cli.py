@@ -1,0 +1,171 @@
+"""The ``gadget-operator`` command: ``run`` (the operator), ``simulate`` (simulated daemons), ``demo``.
+
+Every ``run`` flag can also come from an environment variable ``GADGET_OPERATOR_<FLAG>`` (dashes as
+underscores), which is how the Deployment and the Helm chart configure it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import sys
+from pathlib import Path
+
+import click
+import yaml
+
+from gadget_operator import __version__
+from gadget_operator.settings import (
+    DiscoveryMode,
+    DiscoverySettings,
+    ExecutorSettings,
+    Settings,
+    TLSSettings,
+)
+
+ENV_PREFIX = "GADGET_OPERATOR"
+
+
+def load_static_nodes(path: str) -> dict[str, str]:
+    """Read the node -> address map of static discovery, with a clear error for each bad entry."""
+    try:
+        data = yaml.safe_load(Path(path).read_text())
+    except (OSError, yaml.YAMLError) as error:
+        raise click.BadParameter(f"cannot read {path}: {error}", param_hint="--static-nodes") from error
+    if not isinstance(data, dict) or not data:
+        raise click.BadParameter(f"{path} must map node names to daemon addresses", param_hint="--static-nodes")
+    nodes: dict[str, str] = {}
+    for node, address in data.items():
+        if not isinstance(node, str) or not isinstance(address, str):
+            raise click.BadParameter(f"{path}: entry {node!r}: {address!r} is not a string pair")
+        if not address.startswith(("unix://", "tcp://")):
+            raise click.BadParameter(f"{path}: node {node}: address {address!r} must start with unix:// or tcp://")
+        nodes[node] = address
+    return nodes
+
+
+@click.group(context_settings={"auto_envvar_prefix": ENV_PREFIX, "help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="gadget-operator")
+def main() -> None:
+    """Keep Inspektor Gadget gadget instances running on the right nodes."""
+
+
+@main.command()
+@click.option("--namespace", "-n", "namespaces", multiple=True, help="Watch GadgetInstances in these namespaces.")
+@click.option("--all-namespaces", "-A", is_flag=True, help="Watch every namespace (the default).")
+@click.option("--standalone/--no-standalone", default=True, help="Run without peering (one replica).")
+@click.option("--peering", default=None, help="kopf peering name, for several replicas (needs kopf's CRDs).")
+@click.option("--liveness", default="http://0.0.0.0:8080/healthz", show_default=True, help="Liveness URL; '' off.")
+@click.option("--metrics-port", default=9090, show_default=True, type=click.IntRange(0, 65535))
+@click.option("--discovery", type=click.Choice([m.value for m in DiscoveryMode]), default="pods", show_default=True)
+@click.option("--daemon-namespace", default="gadget", show_default=True)
+@click.option("--daemon-selector", default="k8s-app=gadget", show_default=True)
+@click.option("--daemon-port", default=8080, show_default=True, type=click.IntRange(1, 65535))
+@click.option("--static-nodes", type=click.Path(dir_okay=False), help="YAML map of node name to daemon address.")
+@click.option("--tls-cert", type=click.Path(exists=True, dir_okay=False), help="Client certificate (mutual TLS).")
+@click.option("--tls-key", type=click.Path(exists=True, dir_okay=False), help="Client key (mutual TLS).")
+@click.option("--tls-ca", type=click.Path(exists=True, dir_okay=False), help="CA of the daemons' certificates.")
+@click.option("--tls-server-name", default=None, help="Name expected in the daemons' certificates.")
+@click.option("--resync-interval", default=30.0, show_default=True, type=click.FloatRange(min=1))
+@click.option("--rpc-timeout", default=5.0, show_default=True, type=click.FloatRange(min=0.1))
+@click.option("--max-concurrency", default=64, show_default=True, type=click.IntRange(min=1))
+@click.option("--node-concurrency", default=8, show_default=True, type=click.IntRange(min=1))
+@click.option("--kube-server", default=None, help="API server URL (tests, the demo); else in-cluster/kubeconfig.")
+@click.option("--log-format", type=click.Choice(["plain", "json"]), default="plain", show_default=True)
+@click.option("--verbose", "-v", is_flag=True, help="Debug logging.")
+def run(
+    namespaces: tuple[str, ...],
+    all_namespaces: bool,
+    standalone: bool,
+    peering: str | None,
+    liveness: str,
+    metrics_port: int,
+    discovery: str,
+    daemon_namespace: str,
+    daemon_selector: str,
+    daemon_port: int,
+    static_nodes: str | None,
+    tls_cert: str | None,
+    tls_key: str | None,
+    tls_ca: str | None,
+    tls_server_name: str | None,
+    resync_interval: float,
+    rpc_timeout: float,
+    max_concurrency: int,
+    node_concurrency: int,
+    kube_server: str | None,
+    log_format: str,
+    verbose: bool,
+) -> None:
+    """Run the operator."""
+    import kopf
+
+    from gadget_operator import handlers
+
+    mode = DiscoveryMode(discovery)
+    if mode is DiscoveryMode.STATIC and not static_nodes:
+        raise click.UsageError("--discovery static needs --static-nodes FILE")
+    if any([tls_cert, tls_key]) and not all([tls_cert, tls_key, tls_ca]):
+        raise click.UsageError("mutual TLS needs --tls-cert, --tls-key and --tls-ca together")
+    if namespaces and all_namespaces:
+        raise click.UsageError("--namespace and --all-namespaces exclude each other")
+    namespaces = tuple(ns for item in namespaces for ns in item.split(",") if ns)
+    settings = Settings(
+        discovery=DiscoverySettings(
+            mode=mode,
+            daemon_namespace=daemon_namespace,
+            daemon_selector=daemon_selector,
+            daemon_port=daemon_port,
+            static_nodes=load_static_nodes(static_nodes) if mode is DiscoveryMode.STATIC and static_nodes else {},
+            tls=TLSSettings(tls_cert, tls_key, tls_ca, tls_server_name),
+        ),
+        executor=ExecutorSettings(
+            rpc_timeout=rpc_timeout,
+            max_concurrency=max_concurrency,
+            node_concurrency=node_concurrency,
+            resync_interval=resync_interval,
+        ),
+        kube_server=kube_server,
+        metrics_port=metrics_port,
+    )
+    configure_logging(log_format, verbose)
+    asyncio.run(
+        kopf.operator(
+            registry=handlers.build_registry(settings),
+            memo=kopf.Memo(operator_settings=settings),
+            clusterwide=not namespaces,
+            namespaces=namespaces,
+            standalone=standalone and peering is None,
+            peering_name=peering,
+            liveness_endpoint=liveness or None,
+        )
+    )
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line, for log collectors."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry = {
+            "time": self.formatTime(record),
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        if record.exc_info:
+            entry["exception"] = self.formatException(record.exc_info)
+        return json.dumps(entry)
+
+
+def configure_logging(log_format: str, verbose: bool) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(
+        JsonFormatter()
+        if log_format == "json"
+        else logging.Formatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s")
+    )
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, handlers=[handler], force=True)
+    # kopf and aiohttp are chatty at INFO; keep their warnings.
+    for noisy in ("kopf.objects", "aiohttp.access"):
+        logging.getLogger(noisy).setLevel(logging.DEBUG if verbose else logging.WARNING)

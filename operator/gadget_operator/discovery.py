@@ -1,0 +1,125 @@
+"""Which nodes exist, their labels, and where each node's gadget daemon listens.
+
+The only module that reads Nodes and Pods. Nodes arrive through kopf's watch (``apply_node``); daemon
+endpoints come either from a fixed map (static discovery) or from the gadget DaemonSet's pods in one
+namespace (``watch_daemon_pods``), watched here rather than through kopf so the operator needs pod
+access in that namespace only.
+
+A node is *reachable for planning* once both its Node object and its daemon endpoint are known. Until
+then it gets no instances and none are removed from it: a restarted operator must not mistake
+"not seen yet" for "gone".
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from gadget_operator import kube
+from gadget_operator.settings import DiscoveryMode, DiscoverySettings
+
+logger = logging.getLogger(__name__)
+
+ChangeListener = Callable[[set[str]], None]
+"""Called with the names of nodes whose labels or endpoint changed (or that appeared or went)."""
+
+
+@dataclass(slots=True)
+class Topology:
+    """Nodes, their labels and daemon endpoints, as last seen."""
+
+    settings: DiscoverySettings
+    on_change: ChangeListener = field(default=lambda nodes: None)
+    labels: dict[str, Mapping[str, str]] = field(default_factory=dict)
+    endpoints: dict[str, str] = field(default_factory=dict)
+    pod_uids: dict[str, str] = field(default_factory=dict)
+    """Which daemon pod each endpoint came from, so a late DELETED of a replaced pod is ignored."""
+    endpoints_listed: bool = False
+    """Whether the first full listing of endpoints is done (static discovery: at once)."""
+
+    def __post_init__(self) -> None:
+        if self.settings.mode is DiscoveryMode.STATIC:
+            self.endpoints = dict(self.settings.static_nodes)
+            self.endpoints_listed = True
+
+    def ready_nodes(self) -> dict[str, str]:
+        """Nodes with both a Node object and a daemon endpoint, mapped to the endpoint."""
+        return {node: address for node, address in self.endpoints.items() if node in self.labels}
+
+    def apply_node(self, event_type: str | None, body: Mapping[str, Any]) -> None:
+        name = body["metadata"]["name"]
+        if event_type == "DELETED":
+            if self.labels.pop(name, None) is not None:
+                self.on_change({name})
+            return
+        labels = dict(body["metadata"].get("labels") or {})
+        if self.labels.get(name) != labels:
+            self.labels[name] = labels
+            self.on_change({name})
+
+    def replace_endpoints(self, endpoints: Mapping[str, str], pod_uids: Mapping[str, str]) -> None:
+        self.pod_uids = dict(pod_uids)
+        changed = {
+            node for node in self.endpoints.keys() | endpoints.keys() if self.endpoints.get(node) != endpoints.get(node)
+        }
+        self.endpoints = dict(endpoints)
+        self.endpoints_listed = True
+        if changed:
+            self.on_change(changed)
+
+    def apply_pod(self, event_type: str, pod: Mapping[str, Any]) -> None:
+        node, address = pod_endpoint(pod, self.settings.daemon_port)
+        if node is None:
+            return
+        uid = str(pod["metadata"].get("uid", ""))
+        if event_type == "DELETED" or address is None:
+            # Only forget the endpoint if it is this pod's: a replacement pod may already be there.
+            if self.pod_uids.get(node) == uid and self.endpoints.pop(node, None) is not None:
+                self.pod_uids.pop(node, None)
+                self.on_change({node})
+            return
+        self.pod_uids[node] = uid
+        if self.endpoints.get(node) != address:
+            self.endpoints[node] = address
+            self.on_change({node})
+
+
+def pod_endpoint(pod: Mapping[str, Any], port: int) -> tuple[str | None, str | None]:
+    """(node, ``tcp://podIP:port``) of a daemon pod; the address is None while the pod is not usable."""
+    node = (pod.get("spec") or {}).get("nodeName")
+    status = pod.get("status") or {}
+    pod_ip = status.get("podIP")
+    if not node:
+        return None, None
+    if pod.get("metadata", {}).get("deletionTimestamp") or status.get("phase") != "Running" or not pod_ip:
+        return node, None
+    host = f"[{pod_ip}]" if ":" in pod_ip else pod_ip
+    return node, f"tcp://{host}:{port}"
+
+
+async def watch_daemon_pods(api: kube.KubeApi, topology: Topology, *, retry_delay: float = 2.0) -> None:
+    """Keep ``topology.endpoints`` equal to the running daemon pods, forever (cancel to stop)."""
+    settings = topology.settings
+    while True:
+        try:
+            pods, resource_version = await api.list_pods(settings.daemon_namespace, settings.daemon_selector)
+            listed: dict[str, str] = {}
+            owners: dict[str, str] = {}
+            for pod in pods:
+                node, address = pod_endpoint(pod, settings.daemon_port)
+                if node is not None and address is not None:
+                    listed[node] = address
+                    owners[node] = str(pod["metadata"].get("uid", ""))
+            topology.replace_endpoints(listed, owners)
+            async for event_type, pod in api.watch_pods(
+                settings.daemon_namespace, settings.daemon_selector, resource_version
+            ):
+                topology.apply_pod(event_type, pod)
+        except asyncio.CancelledError:
+            raise
+        except Exception as error:  # the watch must survive any API hiccup; it relists after a pause
+            logger.warning("watching daemon pods in %s failed: %s", settings.daemon_namespace, error)
+        await asyncio.sleep(retry_delay)

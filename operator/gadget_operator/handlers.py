@@ -1,0 +1,109 @@
+"""kopf wiring only: each handler hands its event to the reconciler or discovery in a line or two.
+
+Why these handler kinds:
+
+* GadgetInstances and Nodes are followed with ``kopf.on.event``: it adds no finalizer and writes
+  nothing to the object. The reconciler manages the ``gadget-operator.io/cleanup`` finalizer itself,
+  so that apply-to-Ready costs two writes (finalizer, status) and never kopf's progress annotations.
+* Nodes are only read: no finalizer, annotation or status is ever put on them.
+* Daemon pods are watched by ``discovery`` in the daemon namespace only (least privilege).
+
+The registry is built per call, not at import, so tests and the demo can run several operators.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+import kopf
+
+from gadget_operator import discovery, kube, metrics, resource
+from gadget_operator.daemon.address import TLSConfig
+from gadget_operator.daemon.client import DaemonPool
+from gadget_operator.reconciler import Reconciler
+from gadget_operator.settings import DiscoveryMode, Settings
+
+logger = logging.getLogger(__name__)
+
+
+def build_registry(settings: Settings) -> kopf.OperatorRegistry:
+    registry = kopf.OperatorRegistry()
+
+    if settings.kube_server:
+        server = settings.kube_server
+
+        @kopf.on.login(registry=registry)
+        def login(**_: Any) -> kopf.ConnectionInfo:
+            return kopf.ConnectionInfo(server=server, insecure=True, default_namespace="default")
+
+    @kopf.on.startup(registry=registry)
+    async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
+        configure_kopf(settings)
+        memo.runtime = await Runtime.start(memo.operator_settings)
+
+    @kopf.on.cleanup(registry=registry)
+    async def cleanup(memo: kopf.Memo, **_: Any) -> None:
+        runtime: Runtime | None = getattr(memo, "runtime", None)
+        if runtime is not None:
+            await runtime.stop()
+
+    @kopf.on.event(resource.GROUP, resource.VERSION, resource.PLURAL, registry=registry)
+    async def gadget_instance_event(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
+        await memo.runtime.reconciler.observe(event.get("type"), event["object"])
+
+    @kopf.on.event("", "v1", "nodes", registry=registry)
+    def node_event(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
+        memo.runtime.topology.apply_node(event.get("type"), event["object"])
+
+    @kopf.on.probe(id="nodes", registry=registry)
+    def nodes_probe(memo: kopf.Memo, **_: Any) -> int:
+        return len(memo.runtime.reconciler.workers)
+
+    return registry
+
+
+def configure_kopf(settings: kopf.OperatorSettings) -> None:
+    # The operator reads CRDs and namespaces from nowhere: no cluster-wide scanning permissions needed.
+    settings.scanning.disabled = True
+    settings.watching.server_timeout = 300
+    settings.watching.client_timeout = 330
+    settings.posting.level = logging.WARNING
+    settings.posting.reporting_component = kube.COMPONENT
+
+
+class Runtime:
+    """What a running operator holds: API client, daemon channels, topology, reconciler, watch tasks."""
+
+    def __init__(self, settings: Settings, api: kube.KubeApi, pool: DaemonPool) -> None:
+        self.settings = settings
+        self.api = api
+        self.pool = pool
+        self.topology = discovery.Topology(settings.discovery)
+        self.reconciler = Reconciler(settings=settings, api=api, pool=pool, topology=self.topology)
+        self.tasks: list[asyncio.Task[None]] = []
+
+    @classmethod
+    async def start(cls, settings: Settings) -> Runtime:
+        api = await kube.KubeApi.connect(settings.kube_server)
+        tls = settings.discovery.tls
+        pool = DaemonPool(
+            tls=TLSConfig(tls.cert_file, tls.key_file, tls.ca_file, tls.server_name) if tls.enabled else None,
+            timeout=settings.executor.rpc_timeout,
+        )
+        runtime = cls(settings, api, pool)
+        if settings.discovery.mode is DiscoveryMode.PODS:
+            runtime.tasks.append(asyncio.create_task(discovery.watch_daemon_pods(api, runtime.topology)))
+        if settings.metrics_port:
+            metrics.serve(settings.metrics_port)
+        runtime.reconciler.start()
+        return runtime
+
+    async def stop(self) -> None:
+        for task in self.tasks:
+            task.cancel()
+        await asyncio.gather(*self.tasks, return_exceptions=True)
+        await self.reconciler.stop()
+        await self.pool.close()
+        await self.api.close()

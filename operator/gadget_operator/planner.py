@@ -1,0 +1,131 @@
+"""The pure planner: what one node's daemon should run versus what it runs, turned into actions.
+
+Node-centric: one call plans one node for every GadgetInstance at once, from
+
+* ``desired``: the instances this node should run (one per matching resource, current spec), and
+* ``actual``: what the node's daemon lists.
+
+Rules, in order, for each instance the daemon lists:
+
+1. Not tagged as ours: never touched (another tool or a person made it).
+2. Tagged for another node: in Inspektor Gadget's DaemonSet mode every daemon lists the whole
+   cluster's instances. Left to its own node, unless that node no longer exists, in which case
+   nobody else will ever clean it up: removed here.
+3. Its ID is desired here: kept; its daemon-reported state becomes the node's outcome.
+4. Its resource still wants an instance here under another spec: removed only after the new one is
+   created (``Removal.after_create``), so a spec change never leaves the node with nothing running.
+5. Its resource is known and no longer wants it here (suspended, deleted, selector changed): removed.
+6. Its resource is unknown to this process: a candidate orphan (``Removal.verify_owner``). The caller
+   confirms with the API server that the resource is really gone before removing, because a
+   just-restarted operator may not have seen every resource yet.
+
+Every desired ID the daemon does not list is created.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Iterable
+from dataclasses import dataclass
+
+from gadget_operator import identity
+from gadget_operator.daemon import model
+from gadget_operator.resource import GadgetInstanceResource
+
+
+@dataclass(frozen=True, slots=True)
+class DesiredInstance:
+    """One instance one node should run for one resource."""
+
+    owner: identity.Ownership
+    instance: model.GadgetInstance
+    event_buffer_length: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Removal:
+    instance_id: str
+    owner: identity.Ownership
+    reason: str
+    after_create: str | None = None
+    """Remove only once the create of this instance ID has succeeded (spec change: new before old)."""
+    verify_owner: bool = False
+    """The owner is unknown here: remove only if the API server confirms it is gone."""
+
+
+@dataclass(frozen=True, slots=True)
+class NodePlan:
+    node: str
+    creates: tuple[DesiredInstance, ...]
+    removals: tuple[Removal, ...]
+    present: tuple[tuple[DesiredInstance, model.GadgetInstance], ...]
+    """Desired instances the daemon already runs, with what it reports about them."""
+
+    @property
+    def is_noop(self) -> bool:
+        return not self.creates and not self.removals
+
+
+def plan_node(
+    node: str,
+    desired: Iterable[DesiredInstance],
+    actual: Iterable[model.GadgetInstance],
+    *,
+    known_resources: Collection[str],
+    known_nodes: Collection[str],
+) -> NodePlan:
+    """Plan one node. ``known_resources`` are the UIDs of every GadgetInstance this process knows
+    (including ones being deleted); ``known_nodes`` every Node that exists."""
+    desired_by_id = {d.instance.id: d for d in desired}
+    desired_by_owner = {d.owner.resource_uid: d for d in desired_by_id.values()}
+    listed_ids: set[str] = set()
+    removals: list[Removal] = []
+    present: list[tuple[DesiredInstance, model.GadgetInstance]] = []
+
+    for instance in actual:
+        listed_ids.add(instance.id)
+        owner = identity.parse_ownership(instance.tags)
+        if owner is None:
+            continue
+        if owner.node != node:
+            if owner.node not in known_nodes:
+                removals.append(Removal(instance.id, owner, f"its node {owner.node} no longer exists"))
+            continue
+        wanted = desired_by_id.get(instance.id)
+        if wanted is not None:
+            present.append((wanted, instance))
+        elif (replacement := desired_by_owner.get(owner.resource_uid)) is not None:
+            removals.append(Removal(instance.id, owner, "the spec changed", after_create=replacement.instance.id))
+        elif owner.resource_uid in known_resources:
+            removals.append(Removal(instance.id, owner, "no longer wanted on this node"))
+        else:
+            removals.append(Removal(instance.id, owner, "its resource is gone", verify_owner=True))
+
+    creates = tuple(d for instance_id, d in desired_by_id.items() if instance_id not in listed_ids)
+    # A replacement that already runs needs no wait: drop the dependency.
+    resolved = tuple(
+        Removal(r.instance_id, r.owner, r.reason, None, r.verify_owner)
+        if r.after_create is not None and r.after_create in listed_ids
+        else r
+        for r in removals
+    )
+    return NodePlan(node=node, creates=creates, removals=resolved, present=tuple(present))
+
+
+def desired_instance(resource: GadgetInstanceResource, node: str) -> DesiredInstance:
+    """The instance ``resource`` wants on ``node``: deterministic ID and name, ownership tags, and
+    ``nodes: [node]`` so that a shared (DaemonSet-mode) store runs it on that node only."""
+    spec = resource.spec
+    assert spec is not None, "only resources with a valid spec have desired instances"
+    digest = spec.hash()
+    owner = identity.Ownership(resource_uid=resource.uid, resource=resource.key, node=node, spec_hash=digest)
+    derived_id = identity.instance_id(resource.uid, node, digest)
+    instance = model.GadgetInstance(
+        id=derived_id,
+        name=identity.instance_name(resource.name, derived_id),
+        image=spec.image,
+        params=spec.params,
+        tags=(*identity.ownership_tags(owner), *spec.tags),
+        nodes=(node,),
+        log_level=spec.log_level,
+    )
+    return DesiredInstance(owner=owner, instance=instance, event_buffer_length=spec.event_buffer_length)

@@ -1,0 +1,512 @@
+"""The reconciler: desired state (GadgetInstances x matching nodes) made true on every node's daemon.
+
+Level-triggered and node-centric. Inputs only mark things as changed:
+
+* ``observe`` (kopf watch events of GadgetInstances) records the resource and wakes the nodes whose
+  desired state it touches;
+* ``Topology`` changes (nodes and daemon endpoints) start, wake or stop node workers.
+
+Each node has one ``NodeWorker`` task that, when woken or when its periodic drift check is due, plans
+the whole node against what its daemon lists (``planner.plan_node``) and carries the plan out
+(``executor.execute``). Outcomes land in ``self.outcomes`` per (resource, node) and mark the resource
+dirty; the ``StatusWriter`` folds them into the status and writes it when it changed.
+
+Deletion: a GadgetInstance carries the ``gadget-operator.io/cleanup`` finalizer from first sight. Once
+it is being deleted it wants nothing on any node; every ready node is woken and the finalizer goes
+when each of them has been listed clean. A node that disappears no longer blocks it; an unreachable
+one does, is retried with backoff and is reported in the status.
+
+Nothing is stored outside the API server and the daemons: a restarted operator rebuilds all of this.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
+from typing import Any
+
+from gadget_operator import executor, identity, kube, planner, status
+from gadget_operator.daemon import model
+from gadget_operator.daemon.client import DaemonPool
+from gadget_operator.discovery import Topology
+from gadget_operator.resource import FINALIZER, GadgetInstanceResource
+from gadget_operator.settings import Settings
+from gadget_operator.status import NodeOutcome, NodeState
+from gadget_operator.status_writer import Rendered, StatusWriter
+
+logger = logging.getLogger(__name__)
+
+Clock = Callable[[], datetime]
+WARNING_PHASES = frozenset({"Degraded", "Failed"})
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC).replace(microsecond=0)
+
+
+@dataclass(slots=True)
+class NodeWorker:
+    """One node's loop: a pass when woken, a drift check every resync interval, backoff on failure."""
+
+    node: str
+    run_pass: Callable[[NodeWorker], Awaitable[None]]
+    resync_interval: float
+    backoff_initial: float
+    backoff_max: float
+    actual: dict[str, model.GadgetInstance] | None = None
+    """The daemon's instances by ID as of the last list and our own calls; None forces a list."""
+    failures: int = 0
+    wake_event: asyncio.Event = field(default_factory=asyncio.Event)
+    task: asyncio.Task[None] | None = None
+
+    def wake(self, *, relist: bool = False) -> None:
+        if relist:
+            self.actual = None
+        self.wake_event.set()
+
+    def next_delay(self) -> float:
+        if self.failures:
+            return min(self.backoff_initial * 2 ** (self.failures - 1), self.backoff_max)
+        return self.resync_interval * random.uniform(0.9, 1.1)
+
+    async def run(self) -> None:
+        self.wake_event.set()
+        while True:
+            try:
+                async with asyncio.timeout(self.next_delay()):
+                    await self.wake_event.wait()
+            except TimeoutError:
+                self.actual = None  # periodic drift check: trust only a fresh list
+            self.wake_event.clear()
+            try:
+                await self.run_pass(self)
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # a bug in one pass must not stop the node for good
+                logger.exception("node %s: pass failed", self.node)
+                self.failures += 1
+                self.actual = None
+
+
+class Reconciler:
+    """All in-memory state of one operator process, rebuilt from the API server and daemons."""
+
+    def __init__(
+        self,
+        *,
+        settings: Settings,
+        api: kube.KubeApi,
+        pool: DaemonPool,
+        topology: Topology,
+        clock: Clock = utcnow,
+    ) -> None:
+        self.settings = settings
+        self.api = api
+        self.pool = pool
+        self.topology = topology
+        self.clock = clock
+        self.resources: dict[str, GadgetInstanceResource] = {}
+        self.outcomes: dict[str, dict[str, NodeOutcome]] = {}
+        """Per resource UID, per node: how its instance stands."""
+        self.cleanup: dict[str, set[str]] = {}
+        """Per resource UID being deleted: the nodes not yet confirmed clean."""
+        self.workers: dict[str, NodeWorker] = {}
+        self.limits = executor.Limits(settings.executor.max_concurrency, settings.executor.node_concurrency)
+        self.writer = StatusWriter(render=self.render_status, write=self._write_status, settings=settings.status)
+        self._tasks: set[asyncio.Task[None]] = set()
+        topology.on_change = self.on_topology_change
+
+    # -- lifecycle ---------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._spawn(self.writer.run())
+        self.on_topology_change(set(self.topology.ready_nodes()))
+
+    async def stop(self) -> None:
+        tasks = [*self._tasks, *(w.task for w in self.workers.values() if w.task is not None)]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        self.workers.clear()
+
+    def _spawn(self, coroutine: Awaitable[None]) -> None:
+        task = asyncio.ensure_future(coroutine)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    # -- inputs ------------------------------------------------------------------------------------
+
+    async def observe(self, event_type: str | None, body: dict[str, object]) -> None:
+        """A watch event of a GadgetInstance (kopf.on.event)."""
+        metadata = body.get("metadata")
+        if not isinstance(metadata, dict) or "uid" not in metadata:
+            return
+        uid = str(metadata["uid"])
+        if event_type == "DELETED":
+            self._forget(uid)
+            return
+        gi = GadgetInstanceResource.from_body(body)
+        previous = self.resources.get(uid)
+        if previous is not None and _older(gi.resource_version, previous.resource_version):
+            return  # we already hold a newer copy (the response of our own status write)
+        if not gi.deleting and not gi.has_finalizer:
+            if not await self._add_finalizer(gi):
+                return
+            gi = _with_finalizer(gi)
+        self.resources[uid] = gi
+        if gi.deleting and gi.has_finalizer and uid not in self.cleanup:
+            self.cleanup[uid] = set(self.topology.ready_nodes())
+            self.writer.mark(uid)
+            self._wake(self.cleanup[uid])
+            if not self.cleanup[uid]:
+                await self._finish_cleanup(uid)
+            return
+        if previous is None or _wants_differ(previous, gi):
+            self.writer.mark(uid)
+            self._wake(self._nodes_touched(previous, gi))
+        elif previous.status != gi.status:
+            # Someone else (or our own write) changed the status: re-check it, do not re-plan.
+            self.writer.mark(uid)
+
+    def on_topology_change(self, nodes: set[str]) -> None:
+        ready = self.topology.ready_nodes()
+        for node in nodes:
+            worker = self.workers.get(node)
+            if node in ready and worker is None:
+                self._start_worker(node)
+            elif node in ready and worker is not None:
+                worker.wake(relist=True)
+            elif node not in ready and worker is not None:
+                self._stop_worker(node)
+        for uid in self.resources:
+            self.writer.mark(uid)
+
+    # -- node passes -------------------------------------------------------------------------------
+
+    def _start_worker(self, node: str) -> None:
+        config = self.settings.executor
+        worker = NodeWorker(
+            node=node,
+            run_pass=self.sync_node,
+            resync_interval=config.resync_interval,
+            backoff_initial=config.backoff_initial,
+            backoff_max=config.backoff_max,
+        )
+        worker.task = asyncio.ensure_future(worker.run())
+        self.workers[node] = worker
+
+    def _stop_worker(self, node: str) -> None:
+        worker = self.workers.pop(node)
+        if worker.task is not None:
+            worker.task.cancel()
+        self.limits.forget(node)
+        for uid, per_node in self.outcomes.items():
+            if per_node.pop(node, None) is not None:
+                self.writer.mark(uid)
+        for uid in list(self.cleanup):
+            self._node_clean(uid, node)
+
+    def _wake(self, nodes: set[str]) -> None:
+        for node in nodes:
+            worker = self.workers.get(node)
+            if worker is not None:
+                worker.wake()
+
+    def wake_all(self, *, relist: bool = True) -> None:
+        """Resync every node now (the "resync" intent)."""
+        for worker in self.workers.values():
+            worker.wake(relist=relist)
+
+    def desired_on(self, node: str) -> list[planner.DesiredInstance]:
+        labels = self.topology.labels.get(node, {})
+        return [
+            planner.desired_instance(gi, node)
+            for gi in self.resources.values()
+            if gi.active and gi.spec is not None and gi.spec.targets(node, labels)
+        ]
+
+    async def sync_node(self, worker: NodeWorker) -> None:
+        """One pass over one node: list if needed, plan, execute, record outcomes."""
+        node = worker.node
+        address = self.topology.endpoints.get(node)
+        if address is None:
+            return
+        desired = self.desired_on(node)
+        client = self.pool.get(address)
+        if worker.actual is None:
+            try:
+                listed = await client.list_instances()
+            except Exception as error:
+                self._record_unreachable(node, desired, str(error))
+                worker.failures += 1
+                return
+            worker.actual = {instance.id: instance for instance in listed}
+        plan = planner.plan_node(
+            node,
+            desired,
+            worker.actual.values(),
+            known_resources=self.resources.keys(),
+            known_nodes=self.topology.ready_nodes().keys(),
+        )
+        result = await executor.execute(plan, client, worker.actual, limits=self.limits, owner_gone=self._owner_gone)
+        if result.unreachable is not None:
+            worker.failures += 1
+            worker.actual = None
+        else:
+            worker.failures = 0
+        self._record(node, desired, result.outcomes)
+        if result.unreachable is None:
+            await self._check_cleanup(node, worker.actual or {})
+        else:
+            for uid, pending in self.cleanup.items():
+                if node in pending:
+                    self._set_outcome(uid, node, NodeOutcome(node, NodeState.UNREACHABLE, "", result.unreachable))
+        if result.created:
+            asyncio.get_running_loop().call_later(self.settings.executor.verify_delay, lambda: worker.wake(relist=True))
+
+    def _record(
+        self, node: str, desired: list[planner.DesiredInstance], outcomes: dict[str, executor.InstanceOutcome]
+    ) -> None:
+        wanted = {d.owner.resource_uid for d in desired}
+        for uid, outcome in outcomes.items():
+            self._set_outcome(uid, node, NodeOutcome(node, outcome.state, outcome.instance_id, outcome.message))
+        for uid, per_node in self.outcomes.items():
+            if uid not in wanted and uid not in self.cleanup and per_node.pop(node, None) is not None:
+                self.writer.mark(uid)
+
+    def _record_unreachable(self, node: str, desired: list[planner.DesiredInstance], message: str) -> None:
+        logger.warning("node %s: daemon unreachable: %s", node, message)
+        for wanted in desired:
+            self._set_outcome(
+                wanted.owner.resource_uid,
+                node,
+                NodeOutcome(node, NodeState.UNREACHABLE, wanted.instance.id, message),
+            )
+        for uid, pending in self.cleanup.items():
+            if node in pending:
+                self._set_outcome(uid, node, NodeOutcome(node, NodeState.UNREACHABLE, "", message))
+
+    def _set_outcome(self, uid: str, node: str, outcome: NodeOutcome) -> None:
+        per_node = self.outcomes.setdefault(uid, {})
+        previous = per_node.get(node)
+        if previous is not None and (previous.state, previous.instance_id, previous.message) == (
+            outcome.state,
+            outcome.instance_id,
+            outcome.message,
+        ):
+            return
+        since = previous.since if previous is not None and previous.state == outcome.state else self.clock()
+        per_node[node] = NodeOutcome(node, outcome.state, outcome.instance_id, outcome.message, since)
+        self.writer.mark(uid)
+
+    # -- status ----------------------------------------------------------------------------------------
+
+    def render_status(self, uid: str) -> Rendered | None:
+        """The status ``uid`` should carry now, folded from its nodes' outcomes (``status.compute_status``)."""
+        gi = self.resources.get(uid)
+        if gi is None or (gi.deleting and uid not in self.cleanup):
+            return None
+        outcomes = self.outcomes.get(uid, {})
+        common = {
+            "generation": gi.generation,
+            "previous": gi.status,
+            "now": self.clock(),
+            "max_node_entries": self.settings.status.max_node_entries,
+        }
+        if gi.deleting:
+            rendered = status.compute_status(
+                desired_nodes=(), outcomes=outcomes, spec_error=None, suspended=False, deleting=True, **common
+            )
+            # Held back for settle_timeout: a quick cleanup never writes a Terminating status.
+            return Rendered(rendered, gi.status, settled=False)
+        if gi.spec is None:
+            rendered = status.compute_status(
+                desired_nodes=(),
+                outcomes={},
+                spec_error=gi.spec_error,
+                suspended=False,
+                deleting=False,
+                **common,
+            )
+            return Rendered(rendered, gi.status, settled=True)
+        ready = self.topology.ready_nodes()
+        matching = [node for node in ready if gi.spec.targets(node, self.topology.labels.get(node, {}))]
+        if gi.spec.suspend:
+            rendered = status.compute_status(
+                desired_nodes=matching, outcomes={}, spec_error=None, suspended=True, deleting=False, **common
+            )
+            return Rendered(rendered, gi.status, settled=not outcomes)
+        digest = gi.spec.hash()
+        current: dict[str, NodeOutcome] = {}
+        settled = True
+        for node in matching:
+            outcome = outcomes.get(node)
+            if _stale(outcome, identity.instance_id(uid, node, digest)):
+                settled = False
+                current[node] = NodeOutcome(node, NodeState.PENDING, message="not yet created on this node")
+            else:
+                current[node] = outcome  # type: ignore[assignment]
+        desired_nodes = list(matching)
+        for node in sorted((gi.spec.nodes or frozenset()) - ready.keys()):
+            desired_nodes.append(node)
+            if node not in self.topology.labels:
+                current[node] = NodeOutcome(node, NodeState.FAILED, message="no such node in the cluster")
+            else:
+                current[node] = NodeOutcome(node, NodeState.PENDING, message="no gadget daemon found on this node")
+        rendered = status.compute_status(
+            desired_nodes=desired_nodes,
+            outcomes=current,
+            spec_error=None,
+            suspended=False,
+            deleting=False,
+            **common,
+        )
+        return Rendered(rendered, gi.status, settled=settled)
+
+    async def _write_status(self, uid: str, new: dict[str, Any]) -> None:
+        gi = self.resources.get(uid)
+        if gi is None:
+            return
+        # A merge patch keeps keys it does not mention: null out the ones the new status dropped.
+        patch: dict[str, Any] = {key: None for key in gi.status if key not in new}
+        patch.update(new)
+        try:
+            body = await self.api.patch_status(gi.namespace, gi.name, patch)
+        except kube.KubeApiError as error:
+            if error.status == 404:
+                return
+            raise
+        await self.observe("MODIFIED", body)
+        if gi.status.get("phase") != new.get("phase"):
+            self._spawn(self._announce(gi, new))
+
+    async def _announce(self, gi: GadgetInstanceResource, new: dict[str, Any]) -> None:
+        """A Kubernetes Event on each phase change, so `kubectl describe gi` tells the story."""
+        phase = str(new.get("phase"))
+        try:
+            await self.api.post_event(
+                gi, warning=phase in WARNING_PHASES, reason=phase, message=str(new.get("message", phase))
+            )
+        except Exception as error:
+            logger.debug("%s: posting the %s event failed: %s", gi.key, phase, error)
+
+    # -- deletion ----------------------------------------------------------------------------------
+
+    async def _check_cleanup(self, node: str, actual: dict[str, model.GadgetInstance]) -> None:
+        holding: set[str] = set()
+        for instance in actual.values():
+            owner = identity.parse_ownership(instance.tags)
+            if owner is not None and owner.node == node:
+                holding.add(owner.resource_uid)
+        for uid in list(self.cleanup):
+            if node not in self.cleanup[uid]:
+                continue
+            if uid in holding:
+                self._set_outcome(uid, node, NodeOutcome(node, NodeState.REMOVING))
+            else:
+                self._node_clean(uid, node)
+        for uid in [uid for uid, pending in self.cleanup.items() if not pending]:
+            await self._finish_cleanup(uid)
+
+    def _node_clean(self, uid: str, node: str) -> None:
+        self.cleanup[uid].discard(node)
+        if self.outcomes.get(uid, {}).pop(node, None) is not None:
+            self.writer.mark(uid)
+        if not self.cleanup[uid]:
+            self._spawn(self._finish_cleanup(uid))
+
+    async def _finish_cleanup(self, uid: str) -> None:
+        gi = self.resources.get(uid)
+        if gi is None or uid not in self.cleanup or self.cleanup[uid]:
+            return
+        try:
+            await self.api.remove_finalizer(gi)
+        except Exception as error:
+            logger.warning("%s: removing the finalizer failed, will retry: %s", gi.key, error)
+            asyncio.get_running_loop().call_later(
+                self.settings.executor.backoff_initial, lambda: self._spawn(self._finish_cleanup(uid))
+            )
+            return
+        logger.info("%s: instances removed from every node, finalizer released", gi.key)
+        self.cleanup.pop(uid, None)
+
+    def _forget(self, uid: str) -> None:
+        gi = self.resources.pop(uid, None)
+        self.outcomes.pop(uid, None)
+        self.cleanup.pop(uid, None)
+        self.writer.forget(uid)
+        if gi is not None and gi.has_finalizer and not gi.deleting:
+            # Gone without our cleanup (finalizer removed by hand): sweep its orphans now.
+            self.wake_all()
+
+    async def _owner_gone(self, owner: identity.Ownership) -> bool:
+        if owner.resource_uid in self.resources:
+            return False
+        namespace, _, name = owner.resource.partition("/")
+        try:
+            body = await self.api.get_gadget_instance(namespace, name)
+        except Exception as error:
+            logger.warning("cannot confirm that %s is gone, keeping its instances: %s", owner.resource, error)
+            return False
+        return body is None or body.get("metadata", {}).get("uid") != owner.resource_uid
+
+    async def _add_finalizer(self, gi: GadgetInstanceResource) -> bool:
+        try:
+            await self.api.add_finalizer(gi)
+        except Exception as error:
+            # A conflict means the object changed: its next watch event brings us back here.
+            logger.info("%s: adding the finalizer failed (%s); retrying on the next event", gi.key, error)
+            asyncio.get_running_loop().call_later(
+                self.settings.executor.backoff_initial, lambda: self._spawn(self._retry_finalizer(gi))
+            )
+            return False
+        return True
+
+    async def _retry_finalizer(self, gi: GadgetInstanceResource) -> None:
+        if gi.uid in self.resources:
+            return  # a later event already handled it
+        latest = await self.api.get_gadget_instance(gi.namespace, gi.name)
+        if latest is not None:
+            await self.observe("MODIFIED", latest)
+
+    def _nodes_touched(self, previous: GadgetInstanceResource | None, gi: GadgetInstanceResource) -> set[str]:
+        nodes = {node for node in self.workers if self._targets(gi, node)}
+        if previous is not None:
+            nodes |= {node for node in self.workers if self._targets(previous, node)}
+        nodes |= set(self.outcomes.get(gi.uid, {}))
+        return nodes
+
+    def _targets(self, gi: GadgetInstanceResource, node: str) -> bool:
+        return gi.active and gi.spec is not None and gi.spec.targets(node, self.topology.labels.get(node, {}))
+
+
+def _older(candidate: str, current: str) -> bool:
+    """Whether ``candidate`` is an older resourceVersion than ``current``. Kubernetes calls them opaque;
+    every real API server (etcd revisions) and the emulator use rising integers, and anything else
+    is treated as not older."""
+    return candidate.isdigit() and current.isdigit() and int(candidate) < int(current)
+
+
+def _wants_differ(before: GadgetInstanceResource, after: GadgetInstanceResource) -> bool:
+    """Whether the change can alter which instances run where (not just the status)."""
+    return (before.spec, before.spec_error, before.deleting, before.generation) != (
+        after.spec,
+        after.spec_error,
+        after.deleting,
+        after.generation,
+    )
+
+
+def _with_finalizer(gi: GadgetInstanceResource) -> GadgetInstanceResource:
+    return replace(gi, finalizers=(*gi.finalizers, FINALIZER))
+
+
+def _stale(outcome: NodeOutcome | None, expected_id: str) -> bool:
+    """Whether an outcome says nothing about the current spec's instance."""
+    if outcome is None:
+        return True
+    return bool(outcome.instance_id) and outcome.instance_id != expected_id

@@ -1,0 +1,59 @@
+"""Instance IDs and names follow Inspektor Gadget's rules and are stable across processes."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from gadget_operator import identity
+from gadget_operator.errors import InvalidInstanceError
+
+
+@given(uid=st.uuids().map(str), node=st.text(min_size=1, max_size=63), digest=st.text(min_size=1, max_size=16))
+def test_derived_ids_are_32_lowercase_hex_and_deterministic(uid: str, node: str, digest: str) -> None:
+    first = identity.instance_id(uid, node, digest)
+    assert identity.ID_PATTERN.fullmatch(first)
+    assert identity.instance_id(uid, node, digest) == first
+
+
+def test_ids_differ_per_node_and_per_spec() -> None:
+    ids = {
+        identity.instance_id("uid-1", "node-a", "spec-1"),
+        identity.instance_id("uid-1", "node-b", "spec-1"),
+        identity.instance_id("uid-1", "node-a", "spec-2"),
+        identity.instance_id("uid-2", "node-a", "spec-1"),
+    }
+    assert len(ids) == 4
+
+
+@given(name=st.text(max_size=300))
+def test_names_always_follow_the_daemon_name_rule(name: str) -> None:
+    derived = identity.instance_id("uid", "node", "spec")
+    made = identity.instance_name(name, derived)
+    assert identity.NAME_PATTERN.fullmatch(made)
+    assert made.endswith(derived[: identity.NAME_ID_CHARS])
+
+
+def test_names_keep_a_readable_prefix_of_the_resource_name() -> None:
+    derived = identity.instance_id("uid", "node", "spec")
+    assert identity.instance_name("Trace.Exec", derived) == f"trace-exec-{derived[:16]}"
+
+
+@pytest.mark.parametrize("bad", ["", "ABCDEF0123456789ABCDEF0123456789", "0" * 31, "0" * 33, "g" * 32])
+def test_invalid_ids_are_rejected_with_the_daemon_message(bad: str) -> None:
+    with pytest.raises(InvalidInstanceError, match="invalid gadget instance id"):
+        identity.validate_instance_id(bad)
+
+
+@pytest.mark.parametrize("bad", ["", "a" * 33, "Upper", "dot.ted", "spa ce"])
+def test_invalid_names_are_rejected(bad: str) -> None:
+    with pytest.raises(InvalidInstanceError, match="invalid gadget instance name"):
+        identity.validate_instance_name(bad)
+
+
+def test_ownership_round_trips_through_tags_and_ignores_foreign_tags() -> None:
+    owner = identity.Ownership(resource_uid="u", resource="ns/name", node="n", spec_hash="h")
+    tags = ("team=a", *identity.ownership_tags(owner), "other")
+    assert identity.parse_ownership(tags) == owner
+    assert identity.parse_ownership(("team=a", "gadget-operator.io/node=n")) is None
