@@ -114,6 +114,9 @@ def parse_spec(raw: Any) -> GadgetInstanceSpec:
     for index, tag in enumerate(tags):
         if tag.startswith(identity.TAG_PREFIX):
             raise SpecError(f"spec.tags[{index}]", f"the prefix {identity.TAG_PREFIX} is reserved")
+        if "," in tag:
+            # Inspektor Gadget's DaemonSet mode stores tags comma-joined in a ConfigMap annotation.
+            raise SpecError(f"spec.tags[{index}]", "must not contain a comma")
 
     nodes_raw = raw.get("nodes")
     nodes: frozenset[str] | None = None

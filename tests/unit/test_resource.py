@@ -28,6 +28,7 @@ def test_a_minimal_spec_gets_the_documented_defaults() -> None:
         ({"image": "x", "params": {str(i): "v" for i in range(65)}}, "spec.params", "at most 64"),
         ({"image": "x", "nodes": ["Bad_Node"]}, "spec.nodes[0]", "not a valid node name"),
         ({"image": "x", "tags": ["gadget-operator.io/x"]}, "spec.tags[0]", "reserved"),
+        ({"image": "x", "tags": ["a,b"]}, "spec.tags[0]", "comma"),
         ({"image": "x", "logLevel": 9}, "spec.logLevel", "between 0 and 6"),
         ({"image": "x", "logLevel": True}, "spec.logLevel", "integer"),
         ({"image": "x", "suspend": "yes"}, "spec.suspend", "true or false"),
