@@ -36,7 +36,7 @@ proto-check: $(STAMP)
 	$(PY) tools/protogen.py --check
 
 bench: $(STAMP)
-	$(PY) bench/run.py
+	cd bench && ../$(PY) run.py $(BENCH)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache build *.egg-info operator/*.egg-info

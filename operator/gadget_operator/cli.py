@@ -7,6 +7,7 @@ underscores), which is how the Deployment and the Helm chart configure it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import sys
@@ -51,7 +52,7 @@ def main() -> None:
     """Keep Inspektor Gadget gadget instances running on the right nodes."""
 
 
-@main.command()
+@main.command(context_settings={"auto_envvar_prefix": ENV_PREFIX})
 @click.option("--namespace", "-n", "namespaces", multiple=True, help="Watch GadgetInstances in these namespaces.")
 @click.option("--all-namespaces", "-A", is_flag=True, help="Watch every namespace (the default).")
 @click.option("--standalone/--no-standalone", default=True, help="Run without peering (one replica).")
@@ -169,3 +170,55 @@ def configure_logging(log_format: str, verbose: bool) -> None:
     # kopf and aiohttp are chatty at INFO; keep their warnings.
     for noisy in ("kopf.objects", "aiohttp.access"):
         logging.getLogger(noisy).setLevel(logging.DEBUG if verbose else logging.WARNING)
+
+
+@main.command()
+@click.option("--nodes", "count", default=3, show_default=True, type=click.IntRange(1, 5000), help="How many nodes.")
+@click.option("--prefix", default="node-", show_default=True, help="Node names are PREFIX + number.")
+@click.option("--dir", "directory", type=click.Path(file_okay=False), help="Sockets and stores (default: a temp dir).")
+@click.option("--transport", type=click.Choice(["unix", "tcp"]), default="unix", show_default=True)
+@click.option("--store/--no-store", default=True, show_default=True, help="Keep instances across restarts.")
+@click.option("--unknown-image", multiple=True, help="An image that cannot be pulled (instance goes to Error).")
+@click.option("--latency", default=0.0, type=click.FloatRange(min=0), help="Seconds added to every call.")
+@click.option("--static-nodes-out", type=click.Path(dir_okay=False), help="Write the node -> address map here.")
+def simulate(
+    count: int,
+    prefix: str,
+    directory: str | None,
+    transport: str,
+    store: bool,
+    unknown_image: tuple[str, ...],
+    latency: float,
+    static_nodes_out: str | None,
+) -> None:
+    """Serve simulated gadget daemons (the IG wire protocol) until interrupted."""
+    import tempfile
+
+    from gadget_operator.simulator.server import Fleet
+
+    async def serve() -> None:
+        base = Path(directory) if directory else Path(tempfile.mkdtemp(prefix="gadget-sim-"))
+        fleet = Fleet(base, transport=transport, stored=store, unknown_images=unknown_image)
+        await fleet.start(count, prefix=prefix)
+        for node in fleet.nodes.values():
+            node.faults.latency = latency
+        if static_nodes_out:
+            fleet.write_static_nodes(Path(static_nodes_out))
+        click.echo(yaml.safe_dump(fleet.addresses()), nl=False)
+        click.echo(f"serving {count} simulated daemons; Ctrl-C stops", err=True)
+        try:
+            await asyncio.Event().wait()
+        finally:
+            await fleet.stop()
+
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(serve())
+
+
+@main.command()
+@click.option("--nodes", "count", default=4, show_default=True, type=click.IntRange(1, 50))
+def demo(count: int) -> None:
+    """Run the operator with no cluster: emulated API server, simulated nodes, live status."""
+    from gadget_operator import demo as demo_module
+
+    asyncio.run(demo_module.run(count))

@@ -101,10 +101,11 @@ async def execute(
                 api.create_instance(wanted.instance, event_buffer_length=wanted.event_buffer_length)
             )
         except errors.InstanceAlreadyExists as error:
-            created = await _adopt(api, wanted, error, bounded)
-            if created is None:
+            adopted = await _adopt(api, wanted, error, bounded)
+            if adopted is None:
                 result.outcomes[uid] = InstanceOutcome(NodeState.FAILED, wanted.instance.id, error.message)
                 return
+            created = adopted
         except (errors.DaemonUnavailable, errors.DaemonDeadlineExceeded) as error:
             result.unreachable = str(error)
             result.outcomes[uid] = InstanceOutcome(NodeState.UNREACHABLE, wanted.instance.id, str(error))

@@ -20,7 +20,6 @@ from typing import Any
 import kopf
 
 from gadget_operator import discovery, kube, metrics, resource
-from gadget_operator.daemon.address import TLSConfig
 from gadget_operator.daemon.client import DaemonPool
 from gadget_operator.reconciler import Reconciler
 from gadget_operator.settings import DiscoveryMode, Settings
@@ -87,9 +86,8 @@ class Runtime:
     @classmethod
     async def start(cls, settings: Settings) -> Runtime:
         api = await kube.KubeApi.connect(settings.kube_server)
-        tls = settings.discovery.tls
         pool = DaemonPool(
-            tls=TLSConfig(tls.cert_file, tls.key_file, tls.ca_file, tls.server_name) if tls.enabled else None,
+            tls=settings.discovery.tls,
             timeout=settings.executor.rpc_timeout,
         )
         runtime = cls(settings, api, pool)

@@ -51,9 +51,9 @@ async def load_configuration(server: str | None) -> kclient.Configuration:
         configuration.host = server
         configuration.verify_ssl = False
     elif os.environ.get("KUBERNETES_SERVICE_HOST"):
-        kconfig.load_incluster_config(client_configuration=configuration)
+        kconfig.load_incluster_config(client_configuration=configuration)  # type: ignore[no-untyped-call]
     else:
-        await kconfig.load_kube_config(client_configuration=configuration)
+        await kconfig.load_kube_config(client_configuration=configuration)  # type: ignore[no-untyped-call]
     return configuration
 
 
@@ -70,7 +70,7 @@ class KubeApi:
         return cls(await load_configuration(server))
 
     async def close(self) -> None:
-        await self._client.close()
+        await self._client.close()  # type: ignore[no-untyped-call]
 
     async def get_gadget_instance(self, namespace: str, name: str) -> dict[str, Any] | None:
         response = await self._custom.get_namespaced_custom_object_without_preload_content(
@@ -185,7 +185,10 @@ class KubeApi:
             "action": reason,
             "count": 1,
         }
-        response = await self._core.create_namespaced_event_without_preload_content(gi.namespace, body)
+        response = await self._core.create_namespaced_event_without_preload_content(
+            gi.namespace,
+            body,  # type: ignore[arg-type]  # the client serialises plain dicts as they are
+        )
         await _json(response)
 
 

@@ -70,8 +70,8 @@ class NodeWorker:
 
     def next_delay(self) -> float:
         if self.failures:
-            return min(self.backoff_initial * 2 ** (self.failures - 1), self.backoff_max)
-        return self.resync_interval * random.uniform(0.9, 1.1)
+            return min(self.backoff_initial * 2.0 ** (self.failures - 1), self.backoff_max)
+        return float(self.resync_interval * random.uniform(0.9, 1.1))
 
     async def run(self) -> None:
         self.wake_event.set()
@@ -311,34 +311,23 @@ class Reconciler:
         if gi is None or (gi.deleting and uid not in self.cleanup):
             return None
         outcomes = self.outcomes.get(uid, {})
-        common = {
-            "generation": gi.generation,
-            "previous": gi.status,
-            "now": self.clock(),
-            "max_node_entries": self.settings.status.max_node_entries,
-        }
+        observed = status.Observed(
+            generation=gi.generation,
+            previous=gi.status,
+            now=self.clock(),
+            max_node_entries=self.settings.status.max_node_entries,
+        )
         if gi.deleting:
-            rendered = status.compute_status(
-                desired_nodes=(), outcomes=outcomes, spec_error=None, suspended=False, deleting=True, **common
-            )
+            rendered = status.compute_status(observed, outcomes=outcomes, deleting=True)
             # Held back for settle_timeout: a quick cleanup never writes a Terminating status.
             return Rendered(rendered, gi.status, settled=False)
         if gi.spec is None:
-            rendered = status.compute_status(
-                desired_nodes=(),
-                outcomes={},
-                spec_error=gi.spec_error,
-                suspended=False,
-                deleting=False,
-                **common,
-            )
+            rendered = status.compute_status(observed, spec_error=gi.spec_error)
             return Rendered(rendered, gi.status, settled=True)
         ready = self.topology.ready_nodes()
         matching = [node for node in ready if gi.spec.targets(node, self.topology.labels.get(node, {}))]
         if gi.spec.suspend:
-            rendered = status.compute_status(
-                desired_nodes=matching, outcomes={}, spec_error=None, suspended=True, deleting=False, **common
-            )
+            rendered = status.compute_status(observed, desired_nodes=matching, suspended=True)
             return Rendered(rendered, gi.status, settled=not outcomes)
         digest = gi.spec.hash()
         current: dict[str, NodeOutcome] = {}
@@ -357,14 +346,7 @@ class Reconciler:
                 current[node] = NodeOutcome(node, NodeState.FAILED, message="no such node in the cluster")
             else:
                 current[node] = NodeOutcome(node, NodeState.PENDING, message="no gadget daemon found on this node")
-        rendered = status.compute_status(
-            desired_nodes=desired_nodes,
-            outcomes=current,
-            spec_error=None,
-            suspended=False,
-            deleting=False,
-            **common,
-        )
+        rendered = status.compute_status(observed, desired_nodes=desired_nodes, outcomes=current)
         return Rendered(rendered, gi.status, settled=settled)
 
     async def _write_status(self, uid: str, new: dict[str, Any]) -> None:

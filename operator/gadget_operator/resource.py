@@ -206,7 +206,7 @@ def _selector(raw: Any, path: str) -> LabelSelector:
         if not isinstance(item, Mapping) or not isinstance(item.get("key"), str) or not item["key"]:
             raise SpecError(item_path, "needs a key")
         try:
-            operator = SelectorOperator(item.get("operator"))
+            operator = SelectorOperator(str(item.get("operator")))
         except ValueError:
             raise SpecError(
                 f"{item_path}.operator",

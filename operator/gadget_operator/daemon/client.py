@@ -1,0 +1,185 @@
+"""An asyncio client for one node's gadget daemon, and a pool of them keyed by address.
+
+Every call has a deadline, and every failure becomes one of the typed errors of ``errors``: the
+reconciler decides on retries from the type (unreachable, hung, rejected, not found), never from
+gRPC status codes or message text.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from typing import Protocol, TypeVar
+
+import grpc
+import grpc.aio
+
+from gadget_operator import errors, identity
+from gadget_operator.daemon import convert, model
+from gadget_operator.daemon.address import channel_credentials, parse_address
+from gadget_operator.daemon.pb import api_pb2, api_pb2_grpc
+from gadget_operator.settings import TLSSettings
+
+T = TypeVar("T")
+
+# Reconnect quickly after a daemon restart: gRPC's default backoff grows to two minutes, during
+# which every call to a node that is back already fails fast with UNAVAILABLE.
+_CHANNEL_OPTIONS: list[tuple[str, int | str]] = [
+    ("grpc.initial_reconnect_backoff_ms", 200),
+    ("grpc.min_reconnect_backoff_ms", 200),
+    ("grpc.max_reconnect_backoff_ms", 2000),
+    ("grpc.keepalive_time_ms", 30_000),
+    ("grpc.enable_retries", 0),
+]
+
+
+class InstanceApi(Protocol):
+    """What the executor needs from a daemon; the client implements it, tests may fake it."""
+
+    def create_instance(
+        self, instance: model.GadgetInstance, *, event_buffer_length: int = 0
+    ) -> Awaitable[model.GadgetInstance]: ...
+
+    def list_instances(self) -> Awaitable[list[model.GadgetInstance]]: ...
+
+    def get_instance(self, instance_id: str) -> Awaitable[model.GadgetInstance]: ...
+
+    def remove_instance(self, instance_id: str) -> Awaitable[None]: ...
+
+
+@dataclass(frozen=True, slots=True)
+class GadgetParam:
+    key: str
+    """The full key to use in ``params``: the daemon's prefix joined with its key."""
+    description: str
+    default: str
+    mandatory: bool
+
+
+@dataclass(frozen=True, slots=True)
+class GadgetInfo:
+    name: str
+    image: str
+    params: tuple[GadgetParam, ...]
+
+
+class DaemonClient:
+    """One channel to one daemon, reused for every call."""
+
+    def __init__(self, address: str, *, tls: TLSSettings | None = None, timeout: float = 5.0) -> None:
+        parsed = parse_address(address)
+        self.address = address
+        self.timeout = timeout
+        options = list(_CHANNEL_OPTIONS)
+        if tls is not None and tls.enabled:
+            if tls.server_name:
+                options.append(("grpc.ssl_target_name_override", tls.server_name))
+            self._channel = grpc.aio.secure_channel(parsed.target, channel_credentials(tls), options=options)
+        else:
+            self._channel = grpc.aio.insecure_channel(parsed.target, options=options)
+        self._instances = api_pb2_grpc.GadgetInstanceManagerStub(self._channel)
+        self._gadgets = api_pb2_grpc.GadgetManagerStub(self._channel)
+
+    async def close(self) -> None:
+        await self._channel.close(grace=None)
+
+    async def __aenter__(self) -> DaemonClient:
+        return self
+
+    async def __aexit__(self, *_: object) -> None:
+        await self.close()
+
+    async def create_instance(
+        self, instance: model.GadgetInstance, *, event_buffer_length: int = 0
+    ) -> model.GadgetInstance:
+        """Create ``instance`` as given: its ID and name must already follow IG's rules."""
+        identity.validate_instance_id(instance.id)
+        identity.validate_instance_name(instance.name)
+        request = api_pb2.CreateGadgetInstanceRequest(
+            gadgetInstance=convert.to_pb(instance), eventBufferLength=event_buffer_length
+        )
+        response = await self._call(self._instances.CreateGadgetInstance, request)
+        if response.result != 0:
+            raise errors.DaemonRejected(f"create answered result {response.result}", address=self.address)
+        if response.HasField("gadgetInstance") and response.gadgetInstance.id:
+            return convert.from_pb(response.gadgetInstance)
+        return instance
+
+    async def list_instances(self) -> list[model.GadgetInstance]:
+        response = await self._call(self._instances.ListGadgetInstances, api_pb2.ListGadgetInstancesRequest())
+        return [convert.from_pb(item) for item in response.gadgetInstances]
+
+    async def get_instance(self, instance_id: str) -> model.GadgetInstance:
+        response = await self._call(self._instances.GetGadgetInstance, api_pb2.GadgetInstanceId(id=instance_id))
+        return convert.from_pb(response)
+
+    async def remove_instance(self, instance_id: str) -> None:
+        """Remove one instance; ``InstanceNotFound`` when the daemon does not know it (result 1)."""
+        response = await self._call(self._instances.RemoveGadgetInstance, api_pb2.GadgetInstanceId(id=instance_id))
+        if response.result == 0:
+            return
+        if "not found" in response.message.lower():
+            raise errors.InstanceNotFound(response.message, address=self.address)
+        raise errors.DaemonRejected(
+            response.message or f"remove answered result {response.result}", address=self.address
+        )
+
+    async def get_gadget_info(self, image: str, params: Mapping[str, str] | None = None) -> GadgetInfo:
+        request = api_pb2.GetGadgetInfoRequest(
+            imageName=image, paramValues=dict(params or {}), version=model.PROTOCOL_VERSION
+        )
+        info = (await self._call(self._gadgets.GetGadgetInfo, request)).gadgetInfo
+        return GadgetInfo(
+            name=info.name,
+            image=info.imageName,
+            params=tuple(
+                GadgetParam(p.prefix + p.key, p.description, p.defaultValue, p.isMandatory) for p in info.params
+            ),
+        )
+
+    async def _call(self, method: Callable[..., Awaitable[T]], request: object) -> T:
+        try:
+            return await method(request, timeout=self.timeout)
+        except grpc.aio.AioRpcError as error:
+            raise self._translate(error) from error
+
+    def _translate(self, error: grpc.aio.AioRpcError) -> errors.DaemonError:
+        code = error.code()
+        message = error.details() or code.name
+        if code is grpc.StatusCode.DEADLINE_EXCEEDED:
+            return errors.DaemonDeadlineExceeded(f"no answer within {self.timeout:g}s", address=self.address)
+        if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED):
+            return errors.DaemonUnavailable(f"unreachable: {message}", address=self.address)
+        if code is grpc.StatusCode.UNIMPLEMENTED:
+            return errors.DaemonRejected(f"the daemon does not serve this call: {message}", address=self.address)
+        lowered = message.lower()
+        if "already exists" in lowered:
+            return errors.InstanceAlreadyExists(message, address=self.address)
+        if "not found" in lowered:
+            return errors.InstanceNotFound(message, address=self.address)
+        return errors.DaemonRejected(message, address=self.address)
+
+
+class DaemonPool:
+    """One ``DaemonClient`` per address, created on first use and kept for reuse."""
+
+    def __init__(self, *, tls: TLSSettings | None = None, timeout: float = 5.0) -> None:
+        self.tls = tls
+        self.timeout = timeout
+        self._clients: dict[str, DaemonClient] = {}
+
+    def get(self, address: str) -> DaemonClient:
+        client = self._clients.get(address)
+        if client is None:
+            client = self._clients[address] = DaemonClient(address, tls=self.tls, timeout=self.timeout)
+        return client
+
+    async def discard(self, address: str) -> None:
+        client = self._clients.pop(address, None)
+        if client is not None:
+            await client.close()
+
+    async def close(self) -> None:
+        clients, self._clients = list(self._clients.values()), {}
+        for client in clients:
+            await client.close()

@@ -1,0 +1,232 @@
+"""Simulated gadget daemons on real sockets: one gRPC server per node, many nodes per process.
+
+A ``SimulatedNode`` serves ``DaemonState`` over the IG wire protocol on ``unix://`` or ``tcp://`` with
+optional mutual TLS, and takes faults (latency, failing or hanging calls, restart, going away).
+A ``Fleet`` runs many of them and hands out the node -> address map that static discovery reads.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+from collections.abc import AsyncIterator, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeAlias
+
+import grpc
+import grpc.aio
+import yaml
+
+from gadget_operator.daemon import convert
+from gadget_operator.daemon.address import parse_address
+from gadget_operator.daemon.pb import api_pb2, api_pb2_grpc
+from gadget_operator.simulator.state import DaemonCallError, DaemonState, full_image_name
+
+Context: TypeAlias = "grpc.aio.ServicerContext[Any, Any]"
+
+
+@dataclass(frozen=True, slots=True)
+class ServerTLS:
+    """``ig daemon --tls-cert-file/--tls-key-file/--tls-client-ca-file``: client certificates required."""
+
+    cert_chain: bytes
+    private_key: bytes
+    client_ca: bytes
+
+
+@dataclass
+class Faults:
+    """What goes wrong on a node's next calls; all off by default."""
+
+    latency: float = 0.0
+    fail_with: str | None = None
+    """Every call fails with gRPC UNKNOWN and this message, as a daemon's own errors do."""
+    hang: bool = False
+    """Calls never answer (until the fault is cleared or the node stops): the client's deadline fires."""
+
+
+class _Servicer(api_pb2_grpc.GadgetInstanceManagerServicer, api_pb2_grpc.GadgetManagerServicer):
+    def __init__(self, node: SimulatedNode) -> None:
+        self.node = node
+
+    async def CreateGadgetInstance(
+        self, request: api_pb2.CreateGadgetInstanceRequest, context: Context
+    ) -> api_pb2.CreateGadgetInstanceResponse:
+        await self.node.before_call("CreateGadgetInstance", context)
+        try:
+            created = self.node.state.create(convert.from_pb(request.gadgetInstance))
+        except DaemonCallError as error:
+            await context.abort(grpc.StatusCode.UNKNOWN, str(error))
+        return api_pb2.CreateGadgetInstanceResponse(result=0, gadgetInstance=convert.to_pb(created))
+
+    async def ListGadgetInstances(
+        self, request: api_pb2.ListGadgetInstancesRequest, context: Context
+    ) -> api_pb2.ListGadgetInstanceResponse:
+        await self.node.before_call("ListGadgetInstances", context)
+        return api_pb2.ListGadgetInstanceResponse(
+            gadgetInstances=[convert.to_pb(instance) for instance in self.node.state.list()]
+        )
+
+    async def GetGadgetInstance(self, request: api_pb2.GadgetInstanceId, context: Context) -> api_pb2.GadgetInstance:
+        await self.node.before_call("GetGadgetInstance", context)
+        try:
+            return convert.to_pb(self.node.state.get(request.id))
+        except DaemonCallError as error:
+            await context.abort(grpc.StatusCode.UNKNOWN, str(error))
+
+    async def RemoveGadgetInstance(self, request: api_pb2.GadgetInstanceId, context: Context) -> api_pb2.StatusResponse:
+        await self.node.before_call("RemoveGadgetInstance", context)
+        result, message = self.node.state.remove(request.id)
+        return api_pb2.StatusResponse(result=result, message=message)
+
+    async def GetGadgetInfo(
+        self, request: api_pb2.GetGadgetInfoRequest, context: Context
+    ) -> api_pb2.GetGadgetInfoResponse:
+        await self.node.before_call("GetGadgetInfo", context)
+        if request.version != 1:
+            await context.abort(grpc.StatusCode.UNKNOWN, "expected version to be 1")
+        image = full_image_name(request.imageName)
+        if image in self.node.state.unknown_images:
+            await context.abort(grpc.StatusCode.UNKNOWN, f"pulling image {image!r}: not found")
+        name = image.rsplit("/", 1)[-1].split(":")[0]
+        params = [
+            api_pb2.Param(key="namespace", prefix="operator.KubeManager.", description="Show only this namespace"),
+            api_pb2.Param(key="podname", prefix="operator.KubeManager.", description="Show only this pod"),
+            api_pb2.Param(key="filter", prefix="operator.filter.", description="Filter expression"),
+        ]
+        return api_pb2.GetGadgetInfoResponse(gadgetInfo=api_pb2.GadgetInfo(name=name, imageName=image, params=params))
+
+    async def RunGadget(
+        self, request_iterator: AsyncIterator[api_pb2.GadgetControlRequest], context: Context
+    ) -> AsyncIterator[api_pb2.GadgetEvent]:
+        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "the simulator runs no gadgets, it only keeps instances")
+        yield api_pb2.GadgetEvent()  # unreachable: makes this an async generator, as the servicer expects
+
+
+class SimulatedNode:
+    """One node's daemon: its state, its gRPC server and its faults."""
+
+    def __init__(self, name: str, address: str, state: DaemonState, *, tls: ServerTLS | None = None) -> None:
+        self.name = name
+        self.address = address
+        self.state = state
+        self.tls = tls
+        self.faults = Faults()
+        self.calls: collections.Counter[str] = collections.Counter()
+        self._server: grpc.aio.Server | None = None
+        self._released = asyncio.Event()
+
+    @property
+    def running(self) -> bool:
+        return self._server is not None
+
+    async def start(self) -> None:
+        if self._server is not None:
+            return
+        server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
+        servicer = _Servicer(self)
+        api_pb2_grpc.add_GadgetInstanceManagerServicer_to_server(servicer, server)
+        api_pb2_grpc.add_GadgetManagerServicer_to_server(servicer, server)
+        self._listen(server)
+        await server.start()
+        self._released = asyncio.Event()
+        self._server = server
+
+    def _listen(self, server: grpc.aio.Server) -> None:
+        parsed = parse_address(self.address)
+        if parsed.is_unix:
+            Path(parsed.target.removeprefix("unix://")).unlink(missing_ok=True)  # a stale socket of a past run
+        if self.tls is None:
+            port = server.add_insecure_port(parsed.target)
+        else:
+            credentials = grpc.ssl_server_credentials(
+                [(self.tls.private_key, self.tls.cert_chain)],
+                root_certificates=self.tls.client_ca,
+                require_client_auth=True,
+            )
+            port = server.add_secure_port(parsed.target, credentials)
+        if not parsed.is_unix and parsed.target.endswith(":0"):
+            self.address = f"tcp://{parsed.target.rsplit(':', 1)[0]}:{port}"
+
+    async def stop(self) -> None:
+        """The node goes away: its socket closes and hung calls are dropped."""
+        server, self._server = self._server, None
+        self._released.set()
+        if server is not None:
+            await server.stop(grace=None)
+
+    async def restart(self) -> None:
+        """Stop and start again on the same address; instances come back only from a file store."""
+        await self.stop()
+        self.state.lose_memory()
+        await self.start()
+
+    def release(self) -> None:
+        """Clear every fault and let hung calls go on."""
+        self.faults = Faults()
+        self._released.set()
+        self._released = asyncio.Event()
+
+    async def before_call(self, method: str, context: Context) -> None:
+        self.calls[method] += 1
+        faults = self.faults
+        if faults.latency:
+            await asyncio.sleep(faults.latency)
+        if faults.hang:
+            await self._released.wait()
+        if faults.fail_with is not None:
+            await context.abort(grpc.StatusCode.UNKNOWN, faults.fail_with)
+
+
+class Fleet:
+    """Many simulated nodes in one process, each on its own socket."""
+
+    def __init__(
+        self,
+        directory: Path,
+        *,
+        transport: str = "unix",
+        stored: bool = True,
+        unknown_images: Iterable[str] = (),
+        tls: ServerTLS | None = None,
+    ) -> None:
+        if transport not in ("unix", "tcp"):
+            raise ValueError(f"transport must be unix or tcp, not {transport!r}")
+        self.directory = directory
+        self.transport = transport
+        self.stored = stored
+        self.unknown_images = frozenset(unknown_images)
+        self.tls = tls
+        self.nodes: dict[str, SimulatedNode] = {}
+
+    def __getitem__(self, name: str) -> SimulatedNode:
+        return self.nodes[name]
+
+    async def add(self, name: str) -> SimulatedNode:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        address = f"unix://{self.directory / name}.sock" if self.transport == "unix" else "tcp://127.0.0.1:0"
+        state = DaemonState(
+            node=name,
+            store=self.directory / "store" / name if self.stored else None,
+            unknown_images=self.unknown_images,
+        )
+        node = SimulatedNode(name, address, state, tls=self.tls)
+        await node.start()
+        self.nodes[name] = node
+        return node
+
+    async def start(self, count: int, *, prefix: str = "node-") -> None:
+        width = len(str(count))
+        await asyncio.gather(*(self.add(f"{prefix}{index:0{width}d}") for index in range(1, count + 1)))
+
+    def addresses(self) -> dict[str, str]:
+        return {name: node.address for name, node in sorted(self.nodes.items())}
+
+    def write_static_nodes(self, path: Path) -> Path:
+        """The file ``gadget-operator run --discovery static --static-nodes`` reads."""
+        path.write_text(yaml.safe_dump(self.addresses()))
+        return path
+
+    async def stop(self) -> None:
+        await asyncio.gather(*(node.stop() for node in self.nodes.values()))

@@ -1,0 +1,224 @@
+"""Folding per-node outcomes into a GadgetInstance's ``status``, as a pure function.
+
+The status says what is really running: counts for every node, an entry for each node worth a look
+(every node that is not running first, capped so the object stays small at any fleet size), a phase,
+and Ready / Progressing / Degraded conditions. ``compute_status`` is deterministic for its inputs, so
+an unchanged world renders an identical status and nothing is written.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections import Counter
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from gadget_operator.conditions import Condition, format_time, merge_conditions
+
+
+class NodeState(enum.StrEnum):
+    RUNNING = "Running"
+    PENDING = "Pending"
+    FAILED = "Failed"
+    UNREACHABLE = "Unreachable"
+    REMOVING = "Removing"
+
+
+class Phase(enum.StrEnum):
+    PENDING = "Pending"
+    RUNNING = "Running"
+    DEGRADED = "Degraded"
+    FAILED = "Failed"
+    SUSPENDED = "Suspended"
+    TERMINATING = "Terminating"
+
+
+_NOT_WORKING = (NodeState.FAILED, NodeState.UNREACHABLE)
+# Entries are listed worst first, so the cap drops running nodes before anything that needs a look.
+_LISTING_ORDER = {
+    NodeState.FAILED: 0,
+    NodeState.UNREACHABLE: 1,
+    NodeState.PENDING: 2,
+    NodeState.REMOVING: 3,
+    NodeState.RUNNING: 4,
+}
+_MESSAGES_IN_CONDITION = 3
+
+
+@dataclass(frozen=True, slots=True)
+class NodeOutcome:
+    """How one resource's instance stands on one node."""
+
+    node: str
+    state: NodeState
+    instance_id: str = ""
+    message: str = ""
+    since: datetime | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Observed:
+    """What every status computation starts from: the resource as last seen and the time."""
+
+    generation: int
+    previous: Mapping[str, Any]
+    now: datetime
+    max_node_entries: int
+
+
+def compute_status(
+    observed: Observed,
+    *,
+    desired_nodes: Iterable[str] = (),
+    outcomes: Mapping[str, NodeOutcome] | None = None,
+    spec_error: str | None = None,
+    suspended: bool = False,
+    deleting: bool = False,
+) -> dict[str, Any]:
+    """The full ``status`` for one resource; see the module docstring."""
+    outcomes = outcomes or {}
+    desired = sorted(set(desired_nodes))
+    shown = [outcomes[node] for node in desired if node in outcomes] if not deleting else list(outcomes.values())
+    counts = Counter(outcome.state for outcome in shown)
+    running = counts[NodeState.RUNNING]
+    failed = counts[NodeState.FAILED] + counts[NodeState.UNREACHABLE]
+    pending = len(desired) - running - failed if not deleting else 0
+    broken = sorted((o for o in shown if o.state in _NOT_WORKING), key=lambda o: o.node)
+
+    phase, message, conditions = _judge(
+        desired=len(desired),
+        running=running,
+        failed=failed,
+        pending=pending,
+        broken=broken,
+        cleaning=len(shown),
+        spec_error=spec_error,
+        suspended=suspended,
+        deleting=deleting,
+    )
+    entries = sorted(shown, key=lambda o: (_LISTING_ORDER[o.state], o.node))
+    listed = entries[: observed.max_node_entries]
+    status: dict[str, Any] = {
+        "observedGeneration": observed.generation,
+        "phase": phase.value,
+        "ready": f"{running}/{len(desired)}",
+        "message": message,
+        "desiredNodes": len(desired),
+        "runningNodes": running,
+        "failedNodes": failed,
+        "pendingNodes": pending,
+        "conditions": merge_conditions(
+            observed.previous.get("conditions") or (),
+            conditions,
+            generation=observed.generation,
+            now=observed.now,
+        ),
+        "nodes": [_entry(outcome, observed.now) for outcome in sorted(listed, key=lambda o: o.node)],
+    }
+    if len(entries) > len(listed):
+        status["nodesOmitted"] = len(entries) - len(listed)
+    return status
+
+
+def _judge(
+    *,
+    desired: int,
+    running: int,
+    failed: int,
+    pending: int,
+    broken: list[NodeOutcome],
+    cleaning: int,
+    spec_error: str | None,
+    suspended: bool,
+    deleting: bool,
+) -> tuple[Phase, str, list[Condition]]:
+    """Phase, summary and conditions; the order of the checks is the order of precedence."""
+    problems = "; ".join(f"{o.node}: {o.message or o.state.value}" for o in broken[:_MESSAGES_IN_CONDITION])
+    if len(broken) > _MESSAGES_IN_CONDITION:
+        problems += f"; and {len(broken) - _MESSAGES_IN_CONDITION} more"
+    if deleting:
+        message = f"removing instances from {cleaning} node(s)" if cleaning else "removing instances"
+        if broken:
+            message = f"cannot remove instances from {len(broken)} node(s), retrying: {problems}"
+        return (
+            Phase.TERMINATING,
+            message,
+            [
+                Condition("Ready", False, "Terminating", message),
+                Condition("Progressing", True, "Terminating", message),
+                Condition("Degraded", bool(broken), "CleanupBlocked" if broken else "Terminating", problems),
+            ],
+        )
+    if spec_error is not None:
+        message = f"invalid spec: {spec_error}"
+        return (
+            Phase.FAILED,
+            message,
+            [
+                Condition("Ready", False, "InvalidSpec", message),
+                Condition("Progressing", False, "InvalidSpec", message),
+                Condition("Degraded", True, "InvalidSpec", message),
+            ],
+        )
+    if suspended:
+        message = "suspended: no instances run"
+        return (
+            Phase.SUSPENDED,
+            message,
+            [
+                Condition("Ready", True, "Suspended", message),
+                Condition("Progressing", False, "Suspended", message),
+                Condition("Degraded", False, "Suspended", ""),
+            ],
+        )
+    if desired == 0:
+        message = "no node matches: no instances run"
+        return (
+            Phase.PENDING,
+            message,
+            [
+                Condition("Ready", False, "NoMatchingNodes", message),
+                Condition("Progressing", False, "NoMatchingNodes", message),
+                Condition("Degraded", False, "NoMatchingNodes", ""),
+            ],
+        )
+    summary = f"running on {running} of {desired} node(s)"
+    if failed:
+        phase = Phase.FAILED if running == 0 and pending == 0 else Phase.DEGRADED
+        message = f"{summary}; failed on {failed}: {problems}"
+        ready_reason = "NodesFailed"
+    elif pending:
+        phase, message, ready_reason = Phase.PENDING, f"{summary}; {pending} pending", "NodesPending"
+    else:
+        phase, message, ready_reason = Phase.RUNNING, summary, "AllNodesRunning"
+    return (
+        phase,
+        message,
+        [
+            Condition("Ready", phase is Phase.RUNNING, ready_reason, message),
+            Condition(
+                "Progressing",
+                pending > 0,
+                "Creating" if pending else "Converged",
+                f"{pending} node(s) pending" if pending else summary,
+            ),
+            Condition("Degraded", failed > 0, "NodesFailed" if failed else "NoFailures", problems),
+        ],
+    )
+
+
+def _entry(outcome: NodeOutcome, now: datetime) -> dict[str, Any]:
+    entry: dict[str, Any] = {"node": outcome.node, "state": outcome.state.value}
+    if outcome.instance_id:
+        entry["instanceId"] = outcome.instance_id
+    if outcome.message:
+        entry["message"] = outcome.message
+    entry["since"] = format_time(outcome.since or now)
+    return entry
+
+
+def status_differs(current: Mapping[str, Any], wanted: Mapping[str, Any]) -> bool:
+    """Whether writing ``wanted`` would change anything a reader sees."""
+    return dict(current) != dict(wanted)
