@@ -28,9 +28,10 @@ def simulator_process(nodes: int, *, transport: str = "unix") -> Iterator[dict[s
     """``gadget-operator simulate`` in its own process, as a separate daemon would be; yields node -> address."""
     with tempfile.TemporaryDirectory(prefix="gb-") as directory:
         out = Path(directory) / "nodes.yaml"
+        command = [sys.executable, "-m", "gadget_operator", "simulate", "--nodes", str(nodes)]
+        command += ["--transport", transport, "--dir", directory, "--no-store", "--static-nodes-out", str(out)]
         process = subprocess.Popen(
-            [sys.executable, "-m", "gadget_operator", "simulate", "--nodes", str(nodes), "--transport", transport]
-            + ["--dir", directory, "--no-store", "--static-nodes-out", str(out)],
+            command,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
             text=True,
