@@ -28,7 +28,9 @@ def generate(out_root: Path) -> None:
     bindir = Path(sys.executable).parent
     subprocess.run(
         [
-            sys.executable, "-m", "grpc_tools.protoc",
+            sys.executable,
+            "-m",
+            "grpc_tools.protoc",
             f"-I{PACKAGE_PATH}=proto/api",
             f"--python_out={out_root}",
             f"--pyi_out={out_root}",
@@ -51,8 +53,11 @@ def main() -> int:
         generate(Path(tmp))
         fresh = Path(tmp) / PACKAGE_PATH
         if args.check:
-            stale = [name for name in GENERATED
-                     if not (TARGET / name).exists() or not filecmp.cmp(fresh / name, TARGET / name, shallow=False)]
+            stale = [
+                name
+                for name in GENERATED
+                if not (TARGET / name).exists() or not filecmp.cmp(fresh / name, TARGET / name, shallow=False)
+            ]
             if stale:
                 print(f"stale generated stubs: {', '.join(stale)}; run `make proto` and commit", file=sys.stderr)
                 return 1

@@ -1,7 +1,8 @@
 """The ``gadget-operator`` command: ``run`` (the operator), ``simulate`` (simulated daemons), ``demo``.
 
-Every ``run`` flag can also come from an environment variable ``GADGET_OPERATOR_<FLAG>`` (dashes as
-underscores), which is how the Deployment and the Helm chart configure it.
+Every ``run`` flag can also come from an environment variable ``GADGET_OPERATOR_<NAME>`` (dashes as
+underscores), which is how the Deployment and the Helm chart configure it; ``--namespace`` is
+``GADGET_OPERATOR_NAMESPACES`` (space- or comma-separated).
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import random
 import sys
 from pathlib import Path
 
@@ -18,6 +20,7 @@ import yaml
 
 from gadget_operator import __version__
 from gadget_operator.settings import (
+    DaemonTransport,
     DiscoveryMode,
     DiscoverySettings,
     ExecutorSettings,
@@ -57,12 +60,25 @@ def main() -> None:
 @click.option("--all-namespaces", "-A", is_flag=True, help="Watch every namespace (the default).")
 @click.option("--standalone/--no-standalone", default=True, help="Run without peering (one replica).")
 @click.option("--peering", default=None, help="kopf peering name, for several replicas (needs kopf's CRDs).")
+@click.option(
+    "--priority",
+    type=int,
+    default=None,
+    help="Peering priority; the highest live replica works, the others wait (default: random per process).",
+)
 @click.option("--liveness", default="http://0.0.0.0:8080/healthz", show_default=True, help="Liveness URL; '' off.")
 @click.option("--metrics-port", default=9090, show_default=True, type=click.IntRange(0, 65535))
 @click.option("--discovery", type=click.Choice([m.value for m in DiscoveryMode]), default="pods", show_default=True)
 @click.option("--daemon-namespace", default="gadget", show_default=True)
 @click.option("--daemon-selector", default="k8s-app=gadget", show_default=True)
 @click.option("--daemon-port", default=8080, show_default=True, type=click.IntRange(1, 65535))
+@click.option(
+    "--daemon-transport",
+    type=click.Choice([t.value for t in DaemonTransport]),
+    default="port-forward",
+    show_default=True,
+    help="pods discovery: through the API server's port-forward (stock IG) or straight to the pod IP.",
+)
 @click.option("--static-nodes", type=click.Path(dir_okay=False), help="YAML map of node name to daemon address.")
 @click.option("--tls-cert", type=click.Path(exists=True, dir_okay=False), help="Client certificate (mutual TLS).")
 @click.option("--tls-key", type=click.Path(exists=True, dir_okay=False), help="Client key (mutual TLS).")
@@ -80,12 +96,14 @@ def run(
     all_namespaces: bool,
     standalone: bool,
     peering: str | None,
+    priority: int | None,
     liveness: str,
     metrics_port: int,
     discovery: str,
     daemon_namespace: str,
     daemon_selector: str,
     daemon_port: int,
+    daemon_transport: str,
     static_nodes: str | None,
     tls_cert: str | None,
     tls_key: str | None,
@@ -118,6 +136,7 @@ def run(
             daemon_namespace=daemon_namespace,
             daemon_selector=daemon_selector,
             daemon_port=daemon_port,
+            transport=DaemonTransport(daemon_transport),
             static_nodes=load_static_nodes(static_nodes) if mode is DiscoveryMode.STATIC and static_nodes else {},
             tls=TLSSettings(tls_cert, tls_key, tls_ca, tls_server_name),
         ),
@@ -139,6 +158,8 @@ def run(
             namespaces=namespaces,
             standalone=standalone and peering is None,
             peering_name=peering,
+            # Equal priorities make kopf pause every replica; a random one lets exactly one work.
+            priority=priority if priority is not None else random.randint(1, 2**31),
             liveness_endpoint=liveness or None,
         )
     )

@@ -19,7 +19,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from gadget_operator import kube
-from gadget_operator.settings import DiscoveryMode, DiscoverySettings
+from gadget_operator.daemon.portforward import PodPort
+from gadget_operator.settings import DaemonTransport, DiscoveryMode, DiscoverySettings
 
 logger = logging.getLogger(__name__)
 
@@ -71,7 +72,7 @@ class Topology:
             self.on_change(changed)
 
     def apply_pod(self, event_type: str, pod: Mapping[str, Any]) -> None:
-        node, address = pod_endpoint(pod, self.settings.daemon_port)
+        node, address = pod_endpoint(pod, self.settings)
         if node is None:
             return
         uid = str(pod["metadata"].get("uid", ""))
@@ -87,15 +88,19 @@ class Topology:
             self.on_change({node})
 
 
-def pod_endpoint(pod: Mapping[str, Any], port: int) -> tuple[str | None, str | None]:
-    """(node, ``tcp://podIP:port``) of a daemon pod; the address is None while the pod is not usable."""
+def pod_endpoint(pod: Mapping[str, Any], settings: DiscoverySettings) -> tuple[str | None, str | None]:
+    """(node, daemon address) of a daemon pod; the address is None while the pod is not usable."""
     node = (pod.get("spec") or {}).get("nodeName")
+    port = settings.daemon_port
     status = pod.get("status") or {}
     pod_ip = status.get("podIP")
     if not node:
         return None, None
     if pod.get("metadata", {}).get("deletionTimestamp") or status.get("phase") != "Running" or not pod_ip:
         return node, None
+    if settings.transport is DaemonTransport.PORT_FORWARD:
+        metadata = pod["metadata"]
+        return node, PodPort(metadata.get("namespace") or settings.daemon_namespace, metadata["name"], port).address
     host = f"[{pod_ip}]" if ":" in pod_ip else pod_ip
     return node, f"tcp://{host}:{port}"
 
@@ -109,7 +114,7 @@ async def watch_daemon_pods(api: kube.KubeApi, topology: Topology, *, retry_dela
             listed: dict[str, str] = {}
             owners: dict[str, str] = {}
             for pod in pods:
-                node, address = pod_endpoint(pod, settings.daemon_port)
+                node, address = pod_endpoint(pod, settings)
                 if node is not None and address is not None:
                     listed[node] = address
                     owners[node] = str(pod["metadata"].get("uid", ""))

@@ -21,6 +21,7 @@ import kopf
 
 from gadget_operator import discovery, kube, metrics, resource
 from gadget_operator.daemon.client import DaemonPool
+from gadget_operator.daemon.portforward import PortForwarder
 from gadget_operator.reconciler import Reconciler
 from gadget_operator.settings import DiscoveryMode, Settings
 
@@ -52,12 +53,13 @@ def build_registry(settings: Settings) -> kopf.OperatorRegistry:
     async def gadget_instance_event(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
         await memo.runtime.reconciler.observe(event.get("type"), event["object"])
 
+    # Handlers are async because kopf runs sync handlers in a thread pool, away from the event loop.
     @kopf.on.event("", "v1", "nodes", registry=registry)
-    def node_event(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
+    async def node_event(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
         memo.runtime.topology.apply_node(event.get("type"), event["object"])
 
     @kopf.on.probe(id="nodes", registry=registry)
-    def nodes_probe(memo: kopf.Memo, **_: Any) -> int:
+    async def nodes_probe(memo: kopf.Memo, **_: Any) -> int:
         return len(memo.runtime.reconciler.workers)
 
     return registry
@@ -89,6 +91,7 @@ class Runtime:
         pool = DaemonPool(
             tls=settings.discovery.tls,
             timeout=settings.executor.rpc_timeout,
+            forwarder=PortForwarder(api.open_portforward),
         )
         runtime = cls(settings, api, pool)
         if settings.discovery.mode is DiscoveryMode.PODS:

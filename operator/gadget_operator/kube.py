@@ -11,6 +11,7 @@ call                                     resource                    verb
 ``get_gadget_instance``                  gadgetinstances             get
 ``list_pods`` / ``watch_pods``           pods (daemon namespace)     list, watch
 ``post_event``                           events                      create
+``open_portforward``                     pods/portforward            get, create (WebSocket)
 =======================================  ==========================  ===================
 
 Finalizer patches are JSON patches guarded by a ``test`` of the current list, so a concurrent change
@@ -28,10 +29,12 @@ from collections.abc import AsyncIterator, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
+import aiohttp
 from kubernetes.aio import client as kclient
 from kubernetes.aio import config as kconfig
 
 from gadget_operator import resource
+from gadget_operator.daemon import portforward
 
 logger = logging.getLogger(__name__)
 
@@ -61,6 +64,8 @@ class KubeApi:
     """A thin async wrapper over the Kubernetes client, speaking plain dicts."""
 
     def __init__(self, configuration: kclient.Configuration) -> None:
+        self._configuration = configuration
+        self._websockets: aiohttp.ClientSession | None = None
         self._client = kclient.ApiClient(configuration)
         self._custom = kclient.CustomObjectsApi(self._client)
         self._core = kclient.CoreV1Api(self._client)
@@ -70,7 +75,23 @@ class KubeApi:
         return cls(await load_configuration(server))
 
     async def close(self) -> None:
+        if self._websockets is not None:
+            await self._websockets.close()
         await self._client.close()  # type: ignore[no-untyped-call]
+
+    async def open_portforward(self, namespace: str, pod: str, port: int) -> aiohttp.ClientWebSocketResponse:
+        """The WebSocket of ``pods/<pod>/portforward`` (what ``kubectl port-forward`` uses)."""
+        if self._websockets is None:
+            ssl_context = self._client.rest_client.ssl_context
+            self._websockets = aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=ssl_context))
+        headers = {}
+        token = await self._configuration.get_api_key_with_prefix("authorization")
+        if token:
+            headers["Authorization"] = token
+        url = f"{self._configuration.host}/api/v1/namespaces/{namespace}/pods/{pod}/portforward?ports={port}"
+        return await self._websockets.ws_connect(
+            url, headers=headers, protocols=(portforward.SUBPROTOCOL,), max_msg_size=0, heartbeat=30
+        )
 
     async def get_gadget_instance(self, namespace: str, name: str) -> dict[str, Any] | None:
         response = await self._custom.get_namespaced_custom_object_without_preload_content(

@@ -29,7 +29,7 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
-from gadget_operator import executor, identity, kube, planner, status
+from gadget_operator import errors, executor, identity, kube, planner, status
 from gadget_operator.daemon import model
 from gadget_operator.daemon.client import DaemonPool
 from gadget_operator.discovery import Topology
@@ -153,7 +153,9 @@ class Reconciler:
         previous = self.resources.get(uid)
         if previous is not None and _older(gi.resource_version, previous.resource_version):
             return  # we already hold a newer copy (the response of our own status write)
-        if not gi.deleting and not gi.has_finalizer:
+        # A spec that can never run creates nothing, so it needs no cleanup (and a patch of it may be
+        # refused by admission): it gets its Failed status without the finalizer.
+        if not gi.deleting and not gi.has_finalizer and gi.spec is not None:
             if not await self._add_finalizer(gi):
                 return
             gi = _with_finalizer(gi)
@@ -182,8 +184,15 @@ class Reconciler:
                 worker.wake(relist=True)
             elif node not in ready and worker is not None:
                 self._stop_worker(node)
+        self._spawn(self._drop_unused_clients())
         for uid in self.resources:
             self.writer.mark(uid)
+
+    async def _drop_unused_clients(self) -> None:
+        """Close channels (and port-forward listeners) of endpoints that are gone or replaced."""
+        in_use = set(self.topology.endpoints.values())
+        for address in self.pool.addresses() - in_use:
+            await self.pool.discard(address)
 
     # -- node passes -------------------------------------------------------------------------------
 
@@ -240,8 +249,8 @@ class Reconciler:
         if worker.actual is None:
             try:
                 listed = await client.list_instances()
-            except Exception as error:
-                self._record_unreachable(node, desired, str(error))
+            except errors.DaemonError as error:
+                self._record_unreachable(node, desired, error)
                 worker.failures += 1
                 return
             worker.actual = {instance.id: instance for instance in listed}
@@ -278,17 +287,18 @@ class Reconciler:
             if uid not in wanted and uid not in self.cleanup and per_node.pop(node, None) is not None:
                 self.writer.mark(uid)
 
-    def _record_unreachable(self, node: str, desired: list[planner.DesiredInstance], message: str) -> None:
-        logger.warning("node %s: daemon unreachable: %s", node, message)
+    def _record_unreachable(self, node: str, desired: list[planner.DesiredInstance], error: errors.DaemonError) -> None:
+        """Listing failed: nothing is known about the node. A daemon that answered with an error is
+        Failed (with its message); one that did not answer at all is Unreachable."""
+        answered = isinstance(error, errors.DaemonRejected)
+        state = NodeState.FAILED if answered else NodeState.UNREACHABLE
+        logger.warning("node %s: listing instances failed: %s", node, error)
+        message = f"listing instances failed: {error.message}" if answered else str(error)
         for wanted in desired:
-            self._set_outcome(
-                wanted.owner.resource_uid,
-                node,
-                NodeOutcome(node, NodeState.UNREACHABLE, wanted.instance.id, message),
-            )
+            self._set_outcome(wanted.owner.resource_uid, node, NodeOutcome(node, state, wanted.instance.id, message))
         for uid, pending in self.cleanup.items():
             if node in pending:
-                self._set_outcome(uid, node, NodeOutcome(node, NodeState.UNREACHABLE, "", message))
+                self._set_outcome(uid, node, NodeOutcome(node, state, "", message))
 
     def _set_outcome(self, uid: str, node: str, outcome: NodeOutcome) -> None:
         per_node = self.outcomes.setdefault(uid, {})

@@ -35,6 +35,15 @@ class TLSSettings:
         return self.ca_file is not None
 
 
+class DaemonTransport(enum.StrEnum):
+    """How pods discovery reaches a daemon pod."""
+
+    PORT_FORWARD = "port-forward"
+    """Through the API server's pods/portforward, like ``kubectl gadget``: works with a stock IG install."""
+    POD_IP = "pod-ip"
+    """Straight to the pod IP: needs the daemon to listen on the pod's network, not only on 127.0.0.1."""
+
+
 @dataclass(frozen=True, slots=True)
 class DiscoverySettings:
     mode: DiscoveryMode = DiscoveryMode.PODS
@@ -44,6 +53,7 @@ class DiscoverySettings:
     """Label selector of the daemon pods."""
     daemon_port: int = 8080
     """The gadget service's port inside each daemon pod."""
+    transport: DaemonTransport = DaemonTransport.PORT_FORWARD
     static_nodes: Mapping[str, str] = field(default_factory=dict)
     """Node name to daemon address (``unix:///...`` or ``tcp://host:port``), for static discovery."""
     tls: TLSSettings = field(default_factory=TLSSettings)

@@ -45,6 +45,10 @@ _LISTING_ORDER = {
     NodeState.RUNNING: 4,
 }
 _MESSAGES_IN_CONDITION = 3
+# The CRD caps status strings (a node message at 4096, the summary at 32768): a longer daemon error
+# would get every status write refused, so it is clipped here.
+MAX_NODE_MESSAGE = 1024
+MAX_MESSAGE = 8192
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,7 +108,7 @@ def compute_status(
         "observedGeneration": observed.generation,
         "phase": phase.value,
         "ready": f"{running}/{len(desired)}",
-        "message": message,
+        "message": clip(message, MAX_MESSAGE),
         "desiredNodes": len(desired),
         "runningNodes": running,
         "failedNodes": failed,
@@ -214,9 +218,13 @@ def _entry(outcome: NodeOutcome, now: datetime) -> dict[str, Any]:
     if outcome.instance_id:
         entry["instanceId"] = outcome.instance_id
     if outcome.message:
-        entry["message"] = outcome.message
+        entry["message"] = clip(outcome.message, MAX_NODE_MESSAGE)
     entry["since"] = format_time(outcome.since or now)
     return entry
+
+
+def clip(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def status_differs(current: Mapping[str, Any], wanted: Mapping[str, Any]) -> bool:

@@ -18,6 +18,8 @@ from gadget_operator import errors, identity
 from gadget_operator.daemon import convert, model
 from gadget_operator.daemon.address import channel_credentials, parse_address
 from gadget_operator.daemon.pb import api_pb2, api_pb2_grpc
+from gadget_operator.daemon.portforward import SCHEME as PORTFORWARD_SCHEME
+from gadget_operator.daemon.portforward import PortForwarder
 from gadget_operator.settings import TLSSettings
 
 T = TypeVar("T")
@@ -66,8 +68,12 @@ class GadgetInfo:
 class DaemonClient:
     """One channel to one daemon, reused for every call."""
 
-    def __init__(self, address: str, *, tls: TLSSettings | None = None, timeout: float = 5.0) -> None:
-        parsed = parse_address(address)
+    def __init__(
+        self, address: str, *, tls: TLSSettings | None = None, timeout: float = 5.0, dial: str | None = None
+    ) -> None:
+        """``address`` names the daemon in errors; ``dial``, if given, is where to connect instead
+        (a local port-forward listener)."""
+        parsed = parse_address(dial or address)
         self.address = address
         self.timeout = timeout
         options = list(_CHANNEL_OPTIONS)
@@ -163,23 +169,39 @@ class DaemonClient:
 class DaemonPool:
     """One ``DaemonClient`` per address, created on first use and kept for reuse."""
 
-    def __init__(self, *, tls: TLSSettings | None = None, timeout: float = 5.0) -> None:
+    def __init__(
+        self, *, tls: TLSSettings | None = None, timeout: float = 5.0, forwarder: PortForwarder | None = None
+    ) -> None:
         self.tls = tls
         self.timeout = timeout
+        self.forwarder = forwarder
         self._clients: dict[str, DaemonClient] = {}
 
     def get(self, address: str) -> DaemonClient:
         client = self._clients.get(address)
         if client is None:
-            client = self._clients[address] = DaemonClient(address, tls=self.tls, timeout=self.timeout)
+            dial = None
+            if address.startswith(PORTFORWARD_SCHEME):
+                if self.forwarder is None:
+                    raise ValueError(f"{address}: port-forward addresses need a PortForwarder")
+                dial = self.forwarder.local_address(address)
+            client = DaemonClient(address, tls=self.tls, timeout=self.timeout, dial=dial)
+            self._clients[address] = client
         return client
+
+    def addresses(self) -> set[str]:
+        return set(self._clients)
 
     async def discard(self, address: str) -> None:
         client = self._clients.pop(address, None)
         if client is not None:
             await client.close()
+        if self.forwarder is not None and address.startswith(PORTFORWARD_SCHEME):
+            await self.forwarder.forget(address)
 
     async def close(self) -> None:
         clients, self._clients = list(self._clients.values()), {}
         for client in clients:
             await client.close()
+        if self.forwarder is not None:
+            await self.forwarder.close()

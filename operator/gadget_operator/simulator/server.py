@@ -41,7 +41,9 @@ class Faults:
 
     latency: float = 0.0
     fail_with: str | None = None
-    """Every call fails with gRPC UNKNOWN and this message, as a daemon's own errors do."""
+    """Calls fail with gRPC UNKNOWN and this message, as a daemon's own errors do."""
+    fail_only: frozenset[str] | None = None
+    """The methods ``fail_with`` applies to (e.g. ``{"CreateGadgetInstance"}``); None: all of them."""
     hang: bool = False
     """Calls never answer (until the fault is cleared or the node stops): the client's deadline fires."""
 
@@ -175,7 +177,7 @@ class SimulatedNode:
             await asyncio.sleep(faults.latency)
         if faults.hang:
             await self._released.wait()
-        if faults.fail_with is not None:
+        if faults.fail_with is not None and (faults.fail_only is None or method in faults.fail_only):
             await context.abort(grpc.StatusCode.UNKNOWN, faults.fail_with)
 
 

@@ -1,0 +1,1 @@
+"""Test support that ships with the operator: the Kubernetes API emulator used by the tests and the demo."""

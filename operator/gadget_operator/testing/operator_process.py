@@ -1,0 +1,107 @@
+"""The real operator as a separate process (``python -m gadget_operator run``), for tests, bench and demo.
+
+It runs exactly what a user runs; only its flags point it at the emulated API server (or a kubeconfig)
+and at simulated daemons through static discovery.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import socket
+import sys
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+
+import aiohttp
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+class OperatorProcess:
+    """``gadget-operator run`` with static discovery; ``start`` returns once its liveness probe answers."""
+
+    def __init__(
+        self,
+        static_nodes: Path,
+        *,
+        kube_server: str | None = None,
+        kubeconfig: str | None = None,
+        extra_args: Sequence[str] = (),
+    ) -> None:
+        self.static_nodes = static_nodes
+        self.kube_server = kube_server
+        self.kubeconfig = kubeconfig
+        self.extra_args = list(extra_args)
+        self.log_path = Path(tempfile.mkstemp(prefix="gadget-operator-", suffix=".log")[1])
+        self.process: asyncio.subprocess.Process | None = None
+        self.liveness_port = 0
+
+    async def start(self, *, within: float = 30.0) -> None:
+        self.liveness_port = free_port()
+        args = [
+            "-m",
+            "gadget_operator",
+            "run",
+            "--discovery",
+            "static",
+            "--static-nodes",
+            str(self.static_nodes),
+            "--liveness",
+            f"http://127.0.0.1:{self.liveness_port}/healthz",
+            "--metrics-port",
+            "0",
+            *self.extra_args,
+        ]
+        if self.kube_server:
+            args += ["--kube-server", self.kube_server]
+        env = dict(os.environ)
+        if self.kubeconfig:
+            env["KUBECONFIG"] = self.kubeconfig
+        with self.log_path.open("ab") as log:
+            self.process = await asyncio.create_subprocess_exec(
+                sys.executable, *args, stdout=log, stderr=asyncio.subprocess.STDOUT, env=env
+            )
+        await self._wait_alive(within)
+
+    async def _wait_alive(self, within: float) -> None:
+        url = f"http://127.0.0.1:{self.liveness_port}/healthz"
+        async with asyncio.timeout(within), aiohttp.ClientSession() as session:
+            while True:
+                if self.process is not None and self.process.returncode is not None:
+                    raise RuntimeError(f"the operator exited with {self.process.returncode}:\n{self.logs()}")
+                with contextlib.suppress(aiohttp.ClientError):
+                    async with session.get(url) as response:
+                        if response.status == 200:
+                            return
+                await asyncio.sleep(0.05)  # polling a port that is not open yet; no event to wait on
+
+    async def stop(self, *, grace: float = 20.0) -> int | None:
+        """SIGTERM, as Kubernetes stops a pod; returns the exit code."""
+        return await self._signal(signal.SIGTERM, grace)
+
+    async def kill(self) -> None:
+        """SIGKILL: a crash at any point, with no chance to clean up."""
+        await self._signal(signal.SIGKILL, 10.0)
+
+    async def _signal(self, signum: int, grace: float) -> int | None:
+        process, self.process = self.process, None
+        if process is None or process.returncode is not None:
+            return None if process is None else process.returncode
+        process.send_signal(signum)
+        try:
+            async with asyncio.timeout(grace):
+                return await process.wait()
+        except TimeoutError:
+            process.kill()
+            return await process.wait()
+
+    def logs(self) -> str:
+        return self.log_path.read_text(errors="replace")

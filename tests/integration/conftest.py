@@ -1,0 +1,128 @@
+"""Fixtures for tests that run the real operator process against an API server and simulated daemons."""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+import tempfile
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from kubernetes.aio import client as kclient
+from kubernetes.aio.client.exceptions import ApiException
+
+from gadget_operator.daemon.client import DaemonPool
+from gadget_operator.simulator.server import Fleet
+from gadget_operator.testing.kube_emulator import KubeEmulator
+from tests.integration.harness import (
+    E2E_KUBECONFIG,
+    Cluster,
+    Nodes,
+    OperatorProcess,
+    emulator_client,
+    load_crd,
+    real_cluster_client,
+    unique,
+)
+
+NODE_COUNT = 3
+
+
+@dataclass
+class Env:
+    cluster: Cluster
+    nodes: Nodes
+    operator: OperatorProcess
+    emulator: KubeEmulator | None
+    static_nodes: Path
+
+    async def restart_operator(self, *, crash: bool = False) -> None:
+        if crash:
+            await self.operator.kill()
+        else:
+            await self.operator.stop()
+        self.operator = new_operator(self.cluster, self.static_nodes)
+        await self.operator.start()
+
+
+def new_operator(cluster: Cluster, static_nodes: Path) -> OperatorProcess:
+    return OperatorProcess(
+        static_nodes,
+        kube_server=cluster.server,
+        kubeconfig=cluster.kubeconfig,
+        extra_args=["--namespace", cluster.namespace, "--resync-interval", "1", "--rpc-timeout", "1", "--verbose"],
+    )
+
+
+@pytest.fixture
+async def cluster() -> AsyncIterator[tuple[Cluster, KubeEmulator | None]]:
+    if E2E_KUBECONFIG:
+        api = await real_cluster_client()
+        extensions = kclient.ApiextensionsV1Api(api)
+        with contextlib.suppress(ApiException):
+            await extensions.create_custom_resource_definition(load_crd())
+        namespace = unique("gi-e2e")
+        await kclient.CoreV1Api(api).create_namespace({"metadata": {"name": namespace}})
+        test_cluster = Cluster(api, namespace, node_prefix=f"{namespace}-node-", kubeconfig=E2E_KUBECONFIG)
+        try:
+            yield test_cluster, None
+        finally:
+            for node in list(test_cluster.created_nodes):
+                with contextlib.suppress(ApiException):
+                    await test_cluster.remove_node(node)
+            with contextlib.suppress(ApiException):
+                await kclient.CoreV1Api(api).delete_namespace(namespace)
+            await api.close()
+        return
+    emulator = KubeEmulator()
+    url = await emulator.start()
+    emulator.register_crd(load_crd())
+    api = emulator_client(url)
+    try:
+        yield Cluster(api, "default", node_prefix="node-", server=url), emulator
+    finally:
+        await api.close()
+        await emulator.stop()
+
+
+@pytest.fixture
+async def env(cluster: tuple[Cluster, KubeEmulator | None]) -> AsyncIterator[Env]:
+    test_cluster, emulator = cluster
+    directory = Path(tempfile.mkdtemp(prefix="gi-"))
+    fleet = Fleet(directory, stored=False, unknown_images=["no_such_gadget"])
+    await fleet.start(NODE_COUNT, prefix=test_cluster.node_prefix)
+    for name in fleet.nodes:
+        await test_cluster.add_node(name, {"gadget-test/role": "worker"})
+    static_nodes = fleet.write_static_nodes(directory / "nodes.yaml")
+    pool = DaemonPool(timeout=2.0)
+    test_env = Env(test_cluster, Nodes(fleet, pool), new_operator(test_cluster, static_nodes), emulator, static_nodes)
+    await test_env.operator.start()
+    try:
+        yield test_env
+    finally:
+        if E2E_KUBECONFIG:  # leave nothing behind: let the operator release its finalizers first
+            for item in (
+                await test_cluster.custom.list_namespaced_custom_object(
+                    "gadget-operator.io", "v1alpha1", test_cluster.namespace, "gadgetinstances"
+                )
+            )["items"]:
+                with contextlib.suppress(ApiException):
+                    await test_cluster.delete(item["metadata"]["name"])
+                    await test_cluster.wait_gone(item["metadata"]["name"])
+        code = await test_env.operator.stop()
+        await pool.close()
+        await fleet.stop()
+        shutil.rmtree(directory, ignore_errors=True)
+        assert code in (0, None), f"the operator exited with {code}:\n{test_env.operator.logs()}"
+
+
+@pytest.hookimpl(tryfirst=True, hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]):  # type: ignore[no-untyped-def]
+    """On failure, attach the operator's log to the report: it is what explains a wrong status."""
+    outcome = yield
+    report = outcome.get_result()
+    env_fixture = getattr(item, "funcargs", {}).get("env")
+    if report.failed and isinstance(env_fixture, Env):
+        report.sections.append(("operator log", env_fixture.operator.logs()[-20000:]))

@@ -1,0 +1,206 @@
+"""What an integration or end-to-end test stands on: an API server, simulated nodes, the real operator.
+
+The API server is the emulator by default, or a real cluster when ``GADGET_E2E_KUBECONFIG`` is set;
+the tests talk to either only through the Kubernetes API (the official client), and to the daemons
+only through the project's daemon client, the way a user looks with ``kubectl`` and the IG CLI.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+from kubernetes.aio import client as kclient
+from kubernetes.aio import config as kconfig
+from kubernetes.aio.client.exceptions import ApiException
+
+from gadget_operator import identity, resource
+from gadget_operator.daemon import model
+from gadget_operator.daemon.client import DaemonPool
+from gadget_operator.simulator.server import Fleet, SimulatedNode
+from gadget_operator.testing.operator_process import OperatorProcess
+
+ROOT = Path(__file__).resolve().parents[2]
+CRD_PATH = ROOT / "crds" / "gadgetinstances.gadget-operator.io.yaml"
+E2E_KUBECONFIG = os.environ.get("GADGET_E2E_KUBECONFIG")
+T = TypeVar("T")
+
+
+class Timeout(AssertionError):
+    pass
+
+
+async def eventually(probe: Callable[[], Awaitable[T | None]], *, within: float = 20.0, what: str = "") -> T:
+    """Poll ``probe`` until it returns something other than None or False; fail after ``within`` seconds."""
+    deadline = time.monotonic() + within
+    last: Any = None
+    while True:
+        last = await probe()
+        if last is not None and last is not False:
+            return last
+        if time.monotonic() > deadline:
+            raise Timeout(f"not true within {within}s: {what}\nlast seen: {last!r}")
+        await asyncio.sleep(0.05)
+
+
+@dataclass
+class Cluster:
+    """The API side of a test: the test's own namespace, GadgetInstances and Nodes."""
+
+    api: kclient.ApiClient
+    namespace: str
+    node_prefix: str
+    server: str | None = None
+    kubeconfig: str | None = None
+    created_nodes: set[str] = field(default_factory=set)
+
+    @property
+    def custom(self) -> kclient.CustomObjectsApi:
+        return kclient.CustomObjectsApi(self.api)
+
+    @property
+    def core(self) -> kclient.CoreV1Api:
+        return kclient.CoreV1Api(self.api)
+
+    def node_name(self, index: int) -> str:
+        return f"{self.node_prefix}{index}"
+
+    async def add_node(self, name: str, labels: dict[str, str] | None = None) -> None:
+        body = {"apiVersion": "v1", "kind": "Node", "metadata": {"name": name, "labels": labels or {}}}
+        await self.core.create_node(body)
+        self.created_nodes.add(name)
+
+    async def label_node(self, name: str, labels: dict[str, str | None]) -> None:
+        await self.core.patch_node(name, {"metadata": {"labels": labels}})
+
+    async def remove_node(self, name: str) -> None:
+        await self.core.delete_node(name)
+        self.created_nodes.discard(name)
+
+    async def apply(self, name: str, spec: dict[str, Any]) -> dict[str, Any]:
+        body = {
+            "apiVersion": f"{resource.GROUP}/{resource.VERSION}",
+            "kind": resource.KIND,
+            "metadata": {"name": name, "namespace": self.namespace},
+            "spec": spec,
+        }
+        return await self.custom.create_namespaced_custom_object(
+            resource.GROUP, resource.VERSION, self.namespace, resource.PLURAL, body
+        )
+
+    async def patch_spec(self, name: str, spec: dict[str, Any]) -> dict[str, Any]:
+        return await self.custom.patch_namespaced_custom_object(
+            resource.GROUP,
+            resource.VERSION,
+            self.namespace,
+            resource.PLURAL,
+            name,
+            {"spec": spec},
+            _content_type="application/merge-patch+json",
+        )
+
+    async def get(self, name: str) -> dict[str, Any] | None:
+        try:
+            return await self.custom.get_namespaced_custom_object(
+                resource.GROUP, resource.VERSION, self.namespace, resource.PLURAL, name
+            )
+        except ApiException as error:
+            if error.status == 404:
+                return None
+            raise
+
+    async def delete(self, name: str) -> None:
+        await self.custom.delete_namespaced_custom_object(
+            resource.GROUP, resource.VERSION, self.namespace, resource.PLURAL, name
+        )
+
+    async def wait_status(
+        self, name: str, check: Callable[[dict[str, Any]], bool], *, within: float = 20.0, what: str = ""
+    ) -> dict[str, Any]:
+        async def probe() -> dict[str, Any] | None:
+            body = await self.get(name)
+            return body if body is not None and check(body) else None
+
+        try:
+            return await eventually(probe, within=within, what=what or f"status of {name}")
+        except Timeout as timeout_error:
+            raise Timeout(f"{timeout_error}\nnow: {yaml.safe_dump(await self.get(name))}") from None
+
+    async def wait_phase(self, name: str, phase: str, **kwargs: Any) -> dict[str, Any]:
+        def check(body: dict[str, Any]) -> bool:
+            status = body.get("status") or {}
+            observed = status.get("observedGeneration") == body["metadata"].get("generation")
+            return observed and status.get("phase") == phase
+
+        return await self.wait_status(name, check, what=f"{name} phase {phase}", **kwargs)
+
+    async def wait_gone(self, name: str, *, within: float = 20.0) -> None:
+        async def gone() -> bool:
+            return await self.get(name) is None
+
+        await eventually(gone, within=within, what=f"{name} deleted")
+
+
+@dataclass
+class Nodes:
+    """The simulated daemons, seen the way the IG CLI shows them."""
+
+    fleet: Fleet
+    pool: DaemonPool
+
+    def __getitem__(self, name: str) -> SimulatedNode:
+        return self.fleet[name]
+
+    async def instances(self, node: str) -> list[model.GadgetInstance]:
+        return await self.pool.get(self.fleet[node].address).list_instances()
+
+    async def owned_by(self, uid: str) -> dict[str, list[model.GadgetInstance]]:
+        """Per node, the instances whose ownership tags name resource ``uid``."""
+        result: dict[str, list[model.GadgetInstance]] = {}
+        for name, node in self.fleet.nodes.items():
+            if not node.running:
+                continue
+            for instance in await self.instances(name):
+                owner = identity.parse_ownership(instance.tags)
+                if owner is not None and owner.resource_uid == uid:
+                    result.setdefault(name, []).append(instance)
+        return result
+
+    async def wait_owned(
+        self, uid: str, check: Callable[[dict[str, list[model.GadgetInstance]]], bool], *, what: str
+    ) -> dict[str, list[model.GadgetInstance]]:
+        async def probe() -> dict[str, list[model.GadgetInstance]] | None:
+            owned = await self.owned_by(uid)
+            return owned if check(owned) else None
+
+        return await eventually(probe, what=what)
+
+
+def unique(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:6]}"
+
+
+def load_crd() -> dict[str, Any]:
+    return yaml.safe_load(CRD_PATH.read_text())
+
+
+async def real_cluster_client() -> kclient.ApiClient:
+    assert E2E_KUBECONFIG
+    configuration = kclient.Configuration()
+    await kconfig.load_kube_config(config_file=E2E_KUBECONFIG, client_configuration=configuration)
+    return kclient.ApiClient(configuration)
+
+
+def emulator_client(url: str) -> kclient.ApiClient:
+    configuration = kclient.Configuration(host=url)
+    return kclient.ApiClient(configuration)
+
+
+__all__ = ["Cluster", "Nodes", "OperatorProcess", "eventually", "unique"]

@@ -1,0 +1,261 @@
+"""What the chart and the kustomize manifests must agree on, with each other and with the operator.
+
+* the same RBAC rules (chart defaults vs. manifests/base);
+* the same operator settings (environment) for the same set-up;
+* every GADGET_OPERATOR_* variable they set is a real `gadget-operator run` flag, and the operator's
+  own command-line parser accepts the values;
+* every Deployment runs non-root, read-only, without privilege escalation, with probes.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import click
+import pytest
+
+from gadget_operator import cli
+from tests.packaging.conftest import CUSTOM_VALUES, containers_env, find, one
+
+Rule = tuple[str, str, str]  # (apiGroup, resource, verb)
+
+
+def rbac_rules(objects: Sequence[Mapping[str, Any]]) -> dict[str, set[Rule]]:
+    """The granted (apiGroup, resource, verb) triples, per scope: "cluster" or the Role's namespace."""
+    scopes: dict[str, set[Rule]] = {}
+    for role in find(objects, "ClusterRole") + find(objects, "Role"):
+        scope = role["metadata"].get("namespace", "cluster") if role["kind"] == "Role" else "cluster"
+        bound = [
+            b
+            for b in find(objects, "ClusterRoleBinding") + find(objects, "RoleBinding")
+            if b["roleRef"]
+            == {"apiGroup": "rbac.authorization.k8s.io", "kind": role["kind"], "name": role["metadata"]["name"]}
+            and b["metadata"].get("namespace") == role["metadata"].get("namespace")
+        ]
+        assert len(bound) == 1, f"{role['kind']} {role['metadata']['name']} is bound {len(bound)} times"
+        for rule in role["rules"]:
+            assert "resourceNames" not in rule
+            assert "nonResourceURLs" not in rule
+            scopes.setdefault(scope, set()).update(
+                (group, resource, verb)
+                for group in rule["apiGroups"]
+                for resource in rule["resources"]
+                for verb in rule["verbs"]
+            )
+    return scopes
+
+
+EXPECTED_RULES = {
+    "cluster": {
+        ("gadget-operator.io", "gadgetinstances", "get"),
+        ("gadget-operator.io", "gadgetinstances", "list"),
+        ("gadget-operator.io", "gadgetinstances", "watch"),
+        ("gadget-operator.io", "gadgetinstances", "patch"),
+        ("gadget-operator.io", "gadgetinstances/status", "patch"),
+        ("", "nodes", "get"),
+        ("", "nodes", "list"),
+        ("", "nodes", "watch"),
+        ("", "events", "create"),
+    },
+    "gadget": {
+        ("", "pods", "list"),
+        ("", "pods", "watch"),
+        ("", "pods/portforward", "get"),
+        ("", "pods/portforward", "create"),
+    },
+}
+
+
+def test_chart_and_base_grant_the_same_rules(chart_default: list[dict[str, Any]], base: list[dict[str, Any]]) -> None:
+    assert rbac_rules(chart_default) == rbac_rules(base) == EXPECTED_RULES
+
+
+def test_rbac_bindings_name_the_operator_service_account(
+    chart_default: list[dict[str, Any]], base: list[dict[str, Any]]
+) -> None:
+    for objects in (chart_default, base):
+        account = one(objects, "ServiceAccount")
+        assert (
+            one(objects, "Deployment")["spec"]["template"]["spec"]["serviceAccountName"]
+            == (account["metadata"]["name"])
+        )
+        for binding in find(objects, "ClusterRoleBinding") + find(objects, "RoleBinding"):
+            assert binding["subjects"] == [
+                {
+                    "kind": "ServiceAccount",
+                    "name": account["metadata"]["name"],
+                    "namespace": account["metadata"]["namespace"],
+                }
+            ]
+
+
+def test_peering_adds_only_the_peering_rules(
+    helm_template: Callable[..., list[dict[str, Any]]], chart_custom: list[dict[str, Any]]
+) -> None:
+    cluster_wide = rbac_rules(helm_template({"replicaCount": 3}))
+    assert cluster_wide["cluster"] - EXPECTED_RULES["cluster"] == {
+        ("kopf.dev", "clusterkopfpeerings", verb) for verb in ("get", "list", "watch", "patch")
+    }
+    namespaced = rbac_rules(chart_custom)
+    assert namespaced == {
+        "cluster": EXPECTED_RULES["cluster"]
+        | {("kopf.dev", "kopfpeerings", v) for v in ("get", "list", "watch", "patch")}
+    }
+
+
+def test_chart_defaults_and_base_configure_the_operator_alike(
+    chart_default: list[dict[str, Any]], base: list[dict[str, Any]]
+) -> None:
+    assert containers_env(one(chart_default, "Deployment")) == containers_env(one(base, "Deployment"))
+
+
+def test_chart_static_tls_and_overlay_configure_the_operator_alike(
+    helm_template: Callable[..., list[dict[str, Any]]], overlay: list[dict[str, Any]]
+) -> None:
+    objects = helm_template(
+        {
+            "discovery": {"mode": "static", "staticNodes": {"node-1": "tcp://10.0.0.11:8443"}},
+            "tls": {"existingSecret": "gadget-operator-daemon-tls"},
+        }
+    )
+    assert containers_env(one(objects, "Deployment")) == containers_env(one(overlay, "Deployment"))
+    assert rbac_rules(objects) == rbac_rules(overlay) == {"cluster": EXPECTED_RULES["cluster"]}
+
+
+RUN_FLAG_ENV = {f"{cli.ENV_PREFIX}_{param.name.upper()}" for param in cli.run.params if param.name}
+
+
+@pytest.fixture(scope="module")
+def deployments(
+    chart_default: list[dict[str, Any]],
+    chart_custom: list[dict[str, Any]],
+    base: list[dict[str, Any]],
+    overlay: list[dict[str, Any]],
+) -> dict[str, Mapping[str, Any]]:
+    return {
+        "chart default values": one(chart_default, "Deployment"),
+        "chart custom values": one(chart_custom, "Deployment"),
+        "manifests/base": one(base, "Deployment"),
+        "manifests/overlays/standalone-ig": one(overlay, "Deployment"),
+    }
+
+
+def test_every_variable_is_a_run_flag(deployments: dict[str, Mapping[str, Any]]) -> None:
+    assert "GADGET_OPERATOR_DISCOVERY" in RUN_FLAG_ENV  # the naming rule itself
+    for where, deployment in deployments.items():
+        env = containers_env(deployment)
+        assert env, where
+        unknown = {name for name in env if name.startswith("GADGET_OPERATOR_")} - RUN_FLAG_ENV
+        assert not unknown, f"{where}: not `gadget-operator run` flags: {sorted(unknown)}"
+        assert set(env) <= RUN_FLAG_ENV, f"{where}: other variables: {sorted(set(env) - RUN_FLAG_ENV)}"
+
+
+def parse_run(env: Mapping[str, str], args: Sequence[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict:
+    """What `gadget-operator run` makes of this environment and these arguments (without running).
+
+    Files the operator needs to exist at start (TLS files) are stood in for by empty temporary files.
+    """
+    for name in [n for n in os.environ if n.startswith(cli.ENV_PREFIX + "_")]:
+        monkeypatch.delenv(name)
+    existing = {p.name for p in cli.run.params if isinstance(p.type, click.Path) and p.type.exists}
+    for name, value in env.items():
+        param = name.removeprefix(cli.ENV_PREFIX + "_").lower()
+        if param in existing:
+            stand_in = tmp_path / param
+            stand_in.write_text("")
+            value = str(stand_in)
+        monkeypatch.setenv(name, value)
+    parent = click.Context(cli.main, info_name="gadget-operator", auto_envvar_prefix=cli.ENV_PREFIX)
+    try:
+        context = cli.run.make_context("run", list(args), parent=parent)
+    except click.ClickException as error:
+        pytest.fail(f"`gadget-operator run` refuses the manifests' settings: {error.format_message()}", pytrace=False)
+    return context.params
+
+
+def test_the_operator_parses_the_chart_defaults(
+    chart_default: list[dict[str, Any]], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    params = parse_run(containers_env(one(chart_default, "Deployment")), [], tmp_path, monkeypatch)
+    assert params["standalone"] is True
+    assert params["peering"] is None
+    assert params["namespaces"] == ()
+    assert params["discovery"] == "pods"
+    assert (params["daemon_namespace"], params["daemon_selector"], params["daemon_port"]) == (
+        "gadget",
+        "k8s-app=gadget",
+        8080,
+    )
+    assert params["metrics_port"] == 9090
+    assert params["liveness"] == "http://0.0.0.0:8080/healthz"
+
+
+def test_the_operator_parses_the_chart_custom_values(
+    chart_custom: list[dict[str, Any]], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    deployment = one(chart_custom, "Deployment")
+    (container,) = deployment["spec"]["template"]["spec"]["containers"]
+    params = parse_run(containers_env(deployment), container["args"], tmp_path, monkeypatch)
+    assert params["standalone"] is False
+    assert params["peering"] == "gadget-operator"
+    # run() splits the comma-separated list itself.
+    assert [ns for item in params["namespaces"] for ns in item.split(",")] == CUSTOM_VALUES["watchNamespaces"]
+    assert params["discovery"] == "static"
+    assert params["static_nodes"] == "/etc/gadget-operator/nodes.yaml"
+    assert all(params[k] for k in ("tls_cert", "tls_key", "tls_ca"))
+    assert params["tls_server_name"] == "ig.example.com"
+    assert params["metrics_port"] == 9191
+    assert params["log_format"] == "json"
+    assert params["resync_interval"] == 60.0
+
+
+def test_the_operator_parses_the_overlay(
+    overlay: list[dict[str, Any]], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    params = parse_run(containers_env(one(overlay, "Deployment")), [], tmp_path, monkeypatch)
+    assert params["discovery"] == "static"
+    assert params["static_nodes"] == "/etc/gadget-operator/nodes.yaml"
+    assert all(params[k] for k in ("tls_cert", "tls_key", "tls_ca"))
+
+
+def test_the_static_nodes_file_is_one_the_operator_accepts(overlay: list[dict[str, Any]], tmp_path: Path) -> None:
+    config_map = one(overlay, "ConfigMap")
+    nodes_file = tmp_path / "nodes.yaml"
+    nodes_file.write_text(config_map["data"]["nodes.yaml"])
+    assert cli.load_static_nodes(str(nodes_file))
+
+
+@pytest.mark.parametrize(
+    "where",
+    ["chart default values", "chart custom values", "manifests/base", "manifests/overlays/standalone-ig"],
+)
+def test_deployment_is_locked_down(deployments: dict[str, Mapping[str, Any]], where: str) -> None:
+    pod = deployments[where]["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    pod_security = pod.get("securityContext", {})
+    security = container["securityContext"]
+
+    assert pod_security.get("runAsNonRoot") is True or security.get("runAsNonRoot") is True
+    assert pod_security["runAsUser"] == 65532  # the image's user (Dockerfile)
+    assert security["readOnlyRootFilesystem"] is True
+    assert security["allowPrivilegeEscalation"] is False
+    assert security["capabilities"] == {"drop": ["ALL"]}
+    assert "privileged" not in security or security["privileged"] is False
+    assert (security.get("seccompProfile") or pod_security.get("seccompProfile")) == {"type": "RuntimeDefault"}
+    assert not pod.get("hostNetwork")
+    assert not pod.get("hostPID")
+    assert not pod.get("hostIPC")
+    for volume in pod["volumes"]:
+        assert "hostPath" not in volume, volume
+
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    env = containers_env(deployments[where])
+    assert env["GADGET_OPERATOR_LIVENESS"] == f"http://0.0.0.0:{ports['health']}/healthz"
+    for probe in ("livenessProbe", "readinessProbe"):
+        assert container[probe]["httpGet"] == {"path": "/healthz", "port": "health"}, probe
+    assert container["resources"]["limits"]["memory"]
+    assert container["resources"]["requests"]["cpu"]
+    assert container["resources"]["requests"]["memory"]

@@ -1,0 +1,275 @@
+"""The Helm chart: lint, render with default and non-default values, schema, and what each value does."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import pytest
+import yaml
+
+from tests.packaging.conftest import (
+    CHART,
+    CUSTOM_VALUES,
+    NAMESPACE,
+    RELEASE,
+    ROOT,
+    containers_env,
+    find,
+    one,
+    run,
+    run_failing,
+    validate_all,
+)
+
+Render = Callable[..., list[dict[str, Any]]]
+
+
+def test_lint_strict(helm: Path) -> None:
+    result = run([helm, "lint", "--strict", CHART])
+    assert "0 chart(s) failed" in result.stdout
+
+
+def test_lint_strict_with_custom_values(helm: Path, tmp_path: Path) -> None:
+    values = tmp_path / "values.yaml"
+    values.write_text(yaml.safe_dump(CUSTOM_VALUES))
+    run([helm, "lint", "--strict", CHART, "--values", values])
+
+
+def test_chart_crd_is_an_exact_copy_of_the_repository_crd() -> None:
+    name = "gadgetinstances.gadget-operator.io.yaml"
+    source, copy = ROOT / "crds" / name, CHART / "crds" / name
+    assert copy.read_bytes() == source.read_bytes(), f"stale chart CRD; run: cp {source} {copy}"
+    assert sorted(p.name for p in (CHART / "crds").iterdir()) == [name]
+
+
+def test_default_values_render_valid_objects(chart_default: list[dict[str, Any]]) -> None:
+    assert validate_all(chart_default) == []  # nothing without a schema by default
+    kinds = sorted(o["kind"] for o in chart_default)
+    assert kinds == sorted(
+        [
+            "CustomResourceDefinition",
+            "ServiceAccount",
+            "ClusterRole",
+            "ClusterRoleBinding",
+            "Role",
+            "RoleBinding",
+            "Service",
+            "Deployment",
+        ]
+    )
+    for obj in chart_default:
+        if obj["kind"] not in ("CustomResourceDefinition", "ClusterRole", "ClusterRoleBinding"):
+            expected = "gadget" if obj["kind"] in ("Role", "RoleBinding") else NAMESPACE
+            assert obj["metadata"]["namespace"] == expected, obj["metadata"]
+
+
+def test_custom_values_render_valid_objects(chart_custom: list[dict[str, Any]]) -> None:
+    custom = validate_all(chart_custom)
+    assert sorted((o["kind"], o["metadata"].get("namespace")) for o in custom) == [
+        ("KopfPeering", "a"),
+        ("KopfPeering", "b"),
+        ("ServiceMonitor", NAMESPACE),
+    ]
+    # Static discovery: no access to the daemon pods at all.
+    assert find(chart_custom, "Role") == []
+    assert find(chart_custom, "RoleBinding") == []
+
+
+def test_default_deployment(chart_default: list[dict[str, Any]]) -> None:
+    deployment = one(chart_default, "Deployment")
+    spec = deployment["spec"]
+    assert spec["replicas"] == 1
+    assert spec["strategy"] == {"type": "Recreate"}
+    pod = spec["template"]["spec"]
+    (container,) = pod["containers"]
+    assert container["image"] == "ghcr.io/gadget-operator/gadget-operator:0.1.0"
+    assert "args" not in container
+    assert pod["serviceAccountName"] == one(chart_default, "ServiceAccount")["metadata"]["name"]
+    env = containers_env(deployment)
+    assert env["GADGET_OPERATOR_STANDALONE"] == "true"
+    assert "GADGET_OPERATOR_PEERING" not in env
+    assert "GADGET_OPERATOR_NAMESPACES" not in env  # every namespace
+    assert env["GADGET_OPERATOR_DISCOVERY"] == "pods"
+    assert container["resources"] == {"requests": {"cpu": "50m", "memory": "64Mi"}, "limits": {"memory": "256Mi"}}
+
+
+def test_several_replicas_turn_on_peering(chart_custom: list[dict[str, Any]]) -> None:
+    deployment = one(chart_custom, "Deployment")
+    env = containers_env(deployment)
+    assert deployment["spec"]["replicas"] == 2
+    assert deployment["spec"]["strategy"]["type"] == "RollingUpdate"
+    assert env["GADGET_OPERATOR_STANDALONE"] == "false"
+    assert env["GADGET_OPERATOR_PEERING"] == "gadget-operator"
+    assert env["GADGET_OPERATOR_NAMESPACES"] == "a,b"
+    # kopf stays paused until its peering object exists: one per watched namespace.
+    for peering in find(chart_custom, "KopfPeering"):
+        assert peering["metadata"]["name"] == "gadget-operator"
+        assert set(peering) == {"apiVersion", "kind", "metadata"}
+    rules = one(chart_custom, "ClusterRole")["rules"]
+    assert {"apiGroups": ["kopf.dev"], "resources": ["kopfpeerings"], "verbs": ["get", "list", "watch", "patch"]} in (
+        rules
+    )
+
+
+def test_peering_cluster_wide_uses_a_cluster_peering(helm_template: Render) -> None:
+    objects = helm_template({"peering": {"enabled": True}})
+    validate_all(objects)
+    assert one(objects, "Deployment")["spec"]["replicas"] == 1
+    assert containers_env(one(objects, "Deployment"))["GADGET_OPERATOR_PEERING"] == "gadget-operator"
+    assert one(objects, "ClusterKopfPeering")["metadata"]["name"] == "gadget-operator"
+    assert find(objects, "KopfPeering") == []
+    peering_rules = [r for r in one(objects, "ClusterRole")["rules"] if r["apiGroups"] == ["kopf.dev"]]
+    assert peering_rules == [
+        {"apiGroups": ["kopf.dev"], "resources": ["clusterkopfpeerings"], "verbs": ["get", "list", "watch", "patch"]}
+    ]
+
+
+def test_no_peering_without_replicas_or_request(chart_default: list[dict[str, Any]]) -> None:
+    assert find(chart_default, "ClusterKopfPeering") == []
+    assert find(chart_default, "KopfPeering") == []
+    assert all(r["apiGroups"] != ["kopf.dev"] for r in one(chart_default, "ClusterRole")["rules"])
+
+
+def test_static_discovery_with_tls(chart_custom: list[dict[str, Any]]) -> None:
+    deployment = one(chart_custom, "Deployment")
+    env = containers_env(deployment)
+    pod = deployment["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    mounts = {m["name"]: m for m in container["volumeMounts"]}
+    volumes = {v["name"]: v for v in pod["volumes"]}
+
+    assert env["GADGET_OPERATOR_DISCOVERY"] == "static"
+    assert env["GADGET_OPERATOR_STATIC_NODES"] == "/etc/gadget-operator/nodes.yaml"
+    assert not {"GADGET_OPERATOR_DAEMON_NAMESPACE", "GADGET_OPERATOR_DAEMON_SELECTOR"} & set(env)
+    config_map = one(chart_custom, "ConfigMap")
+    assert volumes["static-nodes"]["configMap"]["name"] == config_map["metadata"]["name"]
+    assert mounts["static-nodes"]["mountPath"] == env["GADGET_OPERATOR_STATIC_NODES"]
+    assert (
+        yaml.safe_load(config_map["data"][mounts["static-nodes"]["subPath"]])
+        == (CUSTOM_VALUES["discovery"]["staticNodes"])
+    )
+    assert "checksum/static-nodes" in deployment["spec"]["template"]["metadata"]["annotations"]
+
+    assert volumes["daemon-tls"]["secret"]["secretName"] == "daemon-tls"
+    tls_dir = mounts["daemon-tls"]["mountPath"]
+    assert env["GADGET_OPERATOR_TLS_CERT"] == f"{tls_dir}/tls.crt"
+    assert env["GADGET_OPERATOR_TLS_KEY"] == f"{tls_dir}/tls.key"
+    assert env["GADGET_OPERATOR_TLS_CA"] == f"{tls_dir}/ca.crt"
+    assert env["GADGET_OPERATOR_TLS_SERVER_NAME"] == "ig.example.com"
+
+
+def test_other_pod_settings_are_passed_through(chart_custom: list[dict[str, Any]]) -> None:
+    deployment = one(chart_custom, "Deployment")
+    pod = deployment["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    assert container["args"] == ["--resync-interval=60"]
+    assert containers_env(deployment)["GADGET_OPERATOR_LOG_FORMAT"] == "json"
+    assert deployment["spec"]["template"]["metadata"]["annotations"]["example.com/owner"] == "platform"
+    assert pod["imagePullSecrets"] == [{"name": "registry"}]
+    assert pod["nodeSelector"] == {"kubernetes.io/os": "linux"}
+    assert pod["tolerations"] == CUSTOM_VALUES["tolerations"]
+
+
+def test_service_monitor_scrapes_the_metrics_service(chart_custom: list[dict[str, Any]]) -> None:
+    monitor = one(chart_custom, "ServiceMonitor")
+    service = one(chart_custom, "Service")
+    deployment = one(chart_custom, "Deployment")
+    (container,) = deployment["spec"]["template"]["spec"]["containers"]
+
+    assert monitor["metadata"]["labels"]["release"] == "prom"
+    assert monitor["spec"]["namespaceSelector"] == {"matchNames": [NAMESPACE]}
+    selector = monitor["spec"]["selector"]["matchLabels"]
+    assert selector.items() <= service["metadata"]["labels"].items()
+    (endpoint,) = monitor["spec"]["endpoints"]
+    assert endpoint["port"] in {p["name"] for p in service["spec"]["ports"]}
+    assert endpoint["path"] == "/metrics"
+    # The Service reaches the container's metrics port, which is the one the operator serves on.
+    (port,) = service["spec"]["ports"]
+    assert port["port"] == 9191
+    assert port["targetPort"] == "metrics"
+    assert {"name": "metrics", "containerPort": 9191, "protocol": "TCP"} in container["ports"]
+    assert containers_env(deployment)["GADGET_OPERATOR_METRICS_PORT"] == "9191"
+    assert service["spec"]["selector"].items() <= deployment["spec"]["template"]["metadata"]["labels"].items()
+
+
+def test_metrics_disabled(helm_template: Render) -> None:
+    objects = helm_template({"metrics": {"enabled": False}})
+    validate_all(objects)
+    assert find(objects, "Service") == []
+    deployment = one(objects, "Deployment")
+    assert containers_env(deployment)["GADGET_OPERATOR_METRICS_PORT"] == "0"  # 0 turns the server off
+    (container,) = deployment["spec"]["template"]["spec"]["containers"]
+    assert [p["name"] for p in container["ports"]] == ["health"]
+
+
+def test_without_rbac_and_service_account(helm_template: Render) -> None:
+    objects = helm_template({"rbac": {"create": False}, "serviceAccount": {"create": False, "name": "mine"}})
+    validate_all(objects)
+    assert {o["kind"] for o in objects} == {"CustomResourceDefinition", "Service", "Deployment"}
+    assert one(objects, "Deployment")["spec"]["template"]["spec"]["serviceAccountName"] == "mine"
+
+
+def test_pods_discovery_role_follows_the_daemon_namespace(helm_template: Render) -> None:
+    objects = helm_template({"discovery": {"daemonNamespace": "ig", "daemonSelector": "app=ig", "daemonPort": 9000}})
+    env = containers_env(one(objects, "Deployment"))
+    assert env["GADGET_OPERATOR_DAEMON_NAMESPACE"] == "ig"
+    assert env["GADGET_OPERATOR_DAEMON_SELECTOR"] == "app=ig"
+    assert env["GADGET_OPERATOR_DAEMON_PORT"] == "9000"
+    assert one(objects, "Role")["metadata"]["namespace"] == "ig"
+    binding = one(objects, "RoleBinding")
+    assert binding["metadata"]["namespace"] == "ig"
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": RELEASE, "namespace": NAMESPACE}]
+
+
+def test_names_follow_the_release(helm: Path) -> None:
+    objects = [o for o in yaml.safe_load_all(run([helm, "template", "ops", CHART, "--namespace", "tools"]).stdout) if o]
+    assert one(objects, "Deployment")["metadata"]["name"] == "ops-gadget-operator"
+    assert one(objects, "ClusterRoleBinding")["subjects"] == [
+        {"kind": "ServiceAccount", "name": "ops-gadget-operator", "namespace": "tools"}
+    ]
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--set", "replicaCount=abc"], "/replicaCount"),
+        (["--set", "replicaCount=0"], "/replicaCount"),
+        (["--set", "unknownKey=1"], "unknownKey"),
+        (["--set", "discovery.mode=magic"], "/discovery/mode"),
+        (["--set", "logFormat=xml"], "/logFormat"),
+        (["--set", "metrics.port=8080"], "/metrics/port"),
+        (["--set", "discovery.daemonPort=70000"], "/discovery/daemonPort"),
+        (["--set", "discovery.staticNodes.node-1=10.0.0.1:8443"], "/discovery/staticNodes/node-1"),
+        (["--set", "watchNamespaces[0]=Not_A_Namespace"], "/watchNamespaces/0"),
+        (["--set", "discovery.mode=static"], "discovery.staticNodes"),
+        (["--set", "metrics.enabled=false", "--set", "metrics.serviceMonitor.enabled=true"], "metrics.enabled"),
+    ],
+)
+def test_bad_values_are_refused_with_a_clear_message(helm: Path, flags: list[str], message: str) -> None:
+    result = run_failing([helm, "template", RELEASE, CHART, *flags])
+    assert message in result.stderr, result.stderr
+
+
+def test_values_schema_is_draft7_and_accepts_the_defaults_and_the_custom_values() -> None:
+    schema = json.loads((CHART / "values.schema.json").read_text())
+    assert schema["$schema"] == "http://json-schema.org/draft-07/schema#"
+    assert schema["additionalProperties"] is False
+    jsonschema.Draft7Validator.check_schema(schema)
+    defaults = yaml.safe_load((CHART / "values.yaml").read_text())
+    jsonschema.Draft7Validator(schema).validate(defaults)
+    # Every default value is described by the schema, and the schema has nothing values.yaml lacks
+    # (but Helm's own `global`).
+    assert set(schema["properties"]) - {"global"} == set(defaults)
+
+
+def test_notes_render(helm: Path, tmp_path: Path) -> None:
+    values = tmp_path / "values.yaml"
+    values.write_text(yaml.safe_dump(CUSTOM_VALUES))
+    notes = run([helm, "install", RELEASE, CHART, "--dry-run=client", "--namespace", NAMESPACE, "-f", values]).stdout
+    assert "kubectl get gi" in notes
+    assert "Peering is on" in notes
+    assert "the namespaces a, b" in notes
