@@ -19,6 +19,7 @@ import click
 import yaml
 
 from gadget_operator import __version__
+from gadget_operator.daemon.address import parse_address
 from gadget_operator.settings import (
     DaemonTransport,
     DiscoveryMode,
@@ -43,8 +44,10 @@ def load_static_nodes(path: str) -> dict[str, str]:
     for node, address in data.items():
         if not isinstance(node, str) or not isinstance(address, str):
             raise click.BadParameter(f"{path}: entry {node!r}: {address!r} is not a string pair")
-        if not address.startswith(("unix://", "tcp://")):
-            raise click.BadParameter(f"{path}: node {node}: address {address!r} must start with unix:// or tcp://")
+        try:
+            parse_address(address)
+        except ValueError as error:
+            raise click.BadParameter(f"{path}: node {node}: {error}", param_hint="--static-nodes") from None
         nodes[node] = address
     return nodes
 

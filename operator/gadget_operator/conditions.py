@@ -11,6 +11,13 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+MAX_CONDITION_MESSAGE = 8192
+"""The CRD caps condition messages at 32768 characters; a longer one gets the status write refused."""
+
+
+def clip(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
 
 def format_time(moment: datetime) -> str:
     """RFC 3339 in UTC with a ``Z``, second precision, as the API server writes times."""
@@ -42,7 +49,7 @@ def merge_conditions(
                 "observedGeneration": generation,
                 "lastTransitionTime": kept or format_time(now),
                 "reason": condition.reason,
-                "message": condition.message,
+                "message": clip(condition.message, MAX_CONDITION_MESSAGE),
             }
         )
     return merged

@@ -26,6 +26,8 @@ T = TypeVar("T")
 
 OwnerGone = Callable[[identity.Ownership], Awaitable[bool]]
 """Asks the API server whether an instance's resource is really gone (orphan removal)."""
+NodeGone = Callable[[str], Awaitable[bool]]
+"""Asks the API server whether a Node is really gone (an instance stranded in a shared store)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,6 +85,7 @@ async def execute(
     *,
     limits: Limits,
     owner_gone: OwnerGone,
+    node_gone: NodeGone | None = None,
 ) -> PassResult:
     """Run ``plan``; ``actual`` (the node's instances by ID) is updated in place as calls succeed."""
     result = PassResult()
@@ -101,7 +104,12 @@ async def execute(
                 api.create_instance(wanted.instance, event_buffer_length=wanted.event_buffer_length)
             )
         except errors.InstanceAlreadyExists as error:
-            adopted = await _adopt(api, wanted, error, bounded)
+            try:
+                adopted = await _adopt(api, wanted, error, bounded)
+            except (errors.DaemonUnavailable, errors.DaemonDeadlineExceeded) as unreachable:
+                result.unreachable = str(unreachable)
+                result.outcomes[uid] = InstanceOutcome(NodeState.UNREACHABLE, wanted.instance.id, str(unreachable))
+                return
             if adopted is None:
                 result.outcomes[uid] = InstanceOutcome(NodeState.FAILED, wanted.instance.id, error.message)
                 return
@@ -123,6 +131,8 @@ async def execute(
         if removal.after_create is not None and removal.after_create not in actual:
             return  # the replacement was not created: keep the old instance running
         if removal.verify_owner and not await owner_gone(removal.owner):
+            return
+        if removal.verify_node and (node_gone is None or not await node_gone(removal.owner.node)):
             return
         try:
             await bounded(api.remove_instance(removal.instance_id))
@@ -158,6 +168,8 @@ async def _adopt(
     """The instance already exists: ours (a concurrent or earlier pass made it) or a real collision."""
     try:
         existing = await bounded(api.get_instance(wanted.instance.id))
+    except (errors.DaemonUnavailable, errors.DaemonDeadlineExceeded):
+        raise  # not a collision: the pass ends as unreachable
     except errors.DaemonError:
         return None
     if identity.parse_ownership(existing.tags) == wanted.owner:

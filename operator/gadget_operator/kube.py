@@ -9,6 +9,7 @@ call                                     resource                    verb
 ``add_finalizer`` / ``remove_finalizer``  gadgetinstances             patch (JSON patch)
 ``patch_status``                         gadgetinstances/status      patch (merge patch)
 ``get_gadget_instance``                  gadgetinstances             get
+``node_exists``                          nodes                       get
 ``list_pods`` / ``watch_pods``           pods (daemon namespace)     list, watch
 ``post_event``                           events                      create
 ``open_portforward``                     pods/portforward            get, create (WebSocket)
@@ -33,12 +34,13 @@ import aiohttp
 from kubernetes.aio import client as kclient
 from kubernetes.aio import config as kconfig
 
-from gadget_operator import resource
+from gadget_operator import __version__, resource
 from gadget_operator.daemon import portforward
 
 logger = logging.getLogger(__name__)
 
 COMPONENT = "gadget-operator"
+USER_AGENT = f"gadget-operator/{__version__}"
 
 
 class KubeApiError(Exception):
@@ -67,6 +69,7 @@ class KubeApi:
         self._configuration = configuration
         self._websockets: aiohttp.ClientSession | None = None
         self._client = kclient.ApiClient(configuration)
+        self._client.user_agent = USER_AGENT  # so audit logs (and the RBAC test) tell its calls apart
         self._custom = kclient.CustomObjectsApi(self._client)
         self._core = kclient.CoreV1Api(self._client)
 
@@ -84,7 +87,7 @@ class KubeApi:
         if self._websockets is None:
             ssl_context = self._client.rest_client.ssl_context
             self._websockets = aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=ssl_context))
-        headers = {}
+        headers = {"User-Agent": USER_AGENT}
         token = await self._configuration.get_api_key_with_prefix("authorization")
         if token:
             headers["Authorization"] = token
@@ -147,6 +150,15 @@ class KubeApi:
             _content_type="application/json-patch+json",
         )
         await _json(response)
+
+    async def node_exists(self, name: str) -> bool:
+        try:
+            await _json(await self._core.read_node_without_preload_content(name))
+        except KubeApiError as error:
+            if error.status == 404:
+                return False
+            raise
+        return True
 
     async def list_pods(self, namespace: str, selector: str) -> tuple[list[dict[str, Any]], str]:
         response = await self._core.list_namespaced_pod_without_preload_content(namespace, label_selector=selector)

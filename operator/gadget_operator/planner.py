@@ -9,8 +9,9 @@ Rules, in order, for each instance the daemon lists:
 
 1. Not tagged as ours: never touched (another tool or a person made it).
 2. Tagged for another node: in Inspektor Gadget's DaemonSet mode every daemon lists the whole
-   cluster's instances. Left to its own node, unless that node no longer exists, in which case
-   nobody else will ever clean it up: removed here.
+   cluster's instances. Left to its own node, unless that node is not known here, in which case it
+   is removed once the API server confirms the Node is gone (``Removal.verify_node``): nobody else
+   would ever clean it up, and a just-restarted operator may not have seen every Node yet.
 3. Its ID is desired here: kept; its daemon-reported state becomes the node's outcome.
 4. Its resource still wants an instance here under another spec: removed only after the new one is
    created (``Removal.after_create``), so a spec change never leaves the node with nothing running.
@@ -50,6 +51,8 @@ class Removal:
     """Remove only once the create of this instance ID has succeeded (spec change: new before old)."""
     verify_owner: bool = False
     """The owner is unknown here: remove only if the API server confirms it is gone."""
+    verify_node: bool = False
+    """The instance's node is unknown here: remove only if the API server confirms the Node is gone."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,7 +77,7 @@ def plan_node(
     known_nodes: Collection[str],
 ) -> NodePlan:
     """Plan one node. ``known_resources`` are the UIDs of every GadgetInstance this process knows
-    (including ones being deleted); ``known_nodes`` every Node that exists."""
+    (including ones being deleted); ``known_nodes`` every Node seen to exist."""
     desired_by_id = {d.instance.id: d for d in desired}
     desired_by_owner = {d.owner.resource_uid: d for d in desired_by_id.values()}
     listed_ids: set[str] = set()
@@ -88,7 +91,8 @@ def plan_node(
             continue
         if owner.node != node:
             if owner.node not in known_nodes:
-                removals.append(Removal(instance.id, owner, f"its node {owner.node} no longer exists"))
+                reason = f"its node {owner.node} no longer exists"
+                removals.append(Removal(instance.id, owner, reason, verify_node=True))
             continue
         wanted = desired_by_id.get(instance.id)
         if wanted is not None:
@@ -103,7 +107,7 @@ def plan_node(
     creates = tuple(d for instance_id, d in desired_by_id.items() if instance_id not in listed_ids)
     # A replacement that already runs needs no wait: drop the dependency.
     resolved = tuple(
-        Removal(r.instance_id, r.owner, r.reason, None, r.verify_owner)
+        Removal(r.instance_id, r.owner, r.reason, None, r.verify_owner, r.verify_node)
         if r.after_create is not None and r.after_create in listed_ids
         else r
         for r in removals

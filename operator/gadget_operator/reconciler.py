@@ -29,7 +29,7 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
-from gadget_operator import errors, executor, identity, kube, planner, status
+from gadget_operator import errors, executor, identity, kube, metrics, planner, status
 from gadget_operator.daemon import model
 from gadget_operator.daemon.client import DaemonPool
 from gadget_operator.discovery import Topology
@@ -83,10 +83,12 @@ class NodeWorker:
                 self.actual = None  # periodic drift check: trust only a fresh list
             self.wake_event.clear()
             try:
-                await self.run_pass(self)
+                with metrics.NODE_PASS_SECONDS.time():
+                    await self.run_pass(self)
             except asyncio.CancelledError:
                 raise
             except Exception:  # a bug in one pass must not stop the node for good
+                metrics.NODE_PASSES.labels(result="error").inc()
                 logger.exception("node %s: pass failed", self.node)
                 self.failures += 1
                 self.actual = None
@@ -176,6 +178,7 @@ class Reconciler:
 
     def on_topology_change(self, nodes: set[str]) -> None:
         ready = self.topology.ready_nodes()
+        metrics.READY_NODES.set(len(ready))
         for node in nodes:
             worker = self.workers.get(node)
             if node in ready and worker is None:
@@ -251,6 +254,7 @@ class Reconciler:
                 listed = await client.list_instances()
             except errors.DaemonError as error:
                 self._record_unreachable(node, desired, error)
+                metrics.NODE_PASSES.labels(result="unreachable").inc()
                 worker.failures += 1
                 return
             worker.actual = {instance.id: instance for instance in listed}
@@ -259,9 +263,14 @@ class Reconciler:
             desired,
             worker.actual.values(),
             known_resources=self.resources.keys(),
-            known_nodes=self.topology.ready_nodes().keys(),
+            known_nodes=self.topology.labels.keys(),
         )
-        result = await executor.execute(plan, client, worker.actual, limits=self.limits, owner_gone=self._owner_gone)
+        result = await executor.execute(
+            plan, client, worker.actual, limits=self.limits, owner_gone=self._owner_gone, node_gone=self._node_gone
+        )
+        metrics.INSTANCES_CREATED.inc(result.created)
+        metrics.INSTANCES_REMOVED.inc(result.removed)
+        metrics.NODE_PASSES.labels(result="ok" if result.unreachable is None else "unreachable").inc()
         if result.unreachable is not None:
             worker.failures += 1
             worker.actual = None
@@ -369,9 +378,11 @@ class Reconciler:
         try:
             body = await self.api.patch_status(gi.namespace, gi.name, patch)
         except kube.KubeApiError as error:
+            metrics.STATUS_WRITES.labels(result="error").inc()
             if error.status == 404:
                 return
             raise
+        metrics.STATUS_WRITES.labels(result="ok").inc()
         await self.observe("MODIFIED", body)
         if gi.status.get("phase") != new.get("phase"):
             self._spawn(self._announce(gi, new))
@@ -445,6 +456,15 @@ class Reconciler:
             logger.warning("cannot confirm that %s is gone, keeping its instances: %s", owner.resource, error)
             return False
         return body is None or body.get("metadata", {}).get("uid") != owner.resource_uid
+
+    async def _node_gone(self, node: str) -> bool:
+        if node in self.topology.labels:
+            return False
+        try:
+            return not await self.api.node_exists(node)
+        except Exception as error:
+            logger.warning("cannot confirm that node %s is gone, keeping its instances: %s", node, error)
+            return False
 
     async def _add_finalizer(self, gi: GadgetInstanceResource) -> bool:
         try:

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from gadget_operator.conditions import Condition, format_time, merge_conditions
+from gadget_operator.conditions import Condition, clip, format_time, merge_conditions
 
 
 class NodeState(enum.StrEnum):
@@ -103,6 +103,9 @@ def compute_status(
         deleting=deleting,
     )
     entries = sorted(shown, key=lambda o: (_LISTING_ORDER[o.state], o.node))
+    previous_entries = {
+        entry.get("node"): entry for entry in observed.previous.get("nodes") or () if isinstance(entry, Mapping)
+    }
     listed = entries[: observed.max_node_entries]
     status: dict[str, Any] = {
         "observedGeneration": observed.generation,
@@ -119,7 +122,7 @@ def compute_status(
             generation=observed.generation,
             now=observed.now,
         ),
-        "nodes": [_entry(outcome, observed.now) for outcome in sorted(listed, key=lambda o: o.node)],
+        "nodes": [_entry(outcome, observed, previous_entries) for outcome in sorted(listed, key=lambda o: o.node)],
     }
     if len(entries) > len(listed):
         status["nodesOmitted"] = len(entries) - len(listed)
@@ -139,7 +142,9 @@ def _judge(
     deleting: bool,
 ) -> tuple[Phase, str, list[Condition]]:
     """Phase, summary and conditions; the order of the checks is the order of precedence."""
-    problems = "; ".join(f"{o.node}: {o.message or o.state.value}" for o in broken[:_MESSAGES_IN_CONDITION])
+    problems = "; ".join(
+        f"{o.node}: {clip(o.message, MAX_NODE_MESSAGE) or o.state.value}" for o in broken[:_MESSAGES_IN_CONDITION]
+    )
     if len(broken) > _MESSAGES_IN_CONDITION:
         problems += f"; and {len(broken) - _MESSAGES_IN_CONDITION} more"
     if deleting:
@@ -213,18 +218,21 @@ def _judge(
     )
 
 
-def _entry(outcome: NodeOutcome, now: datetime) -> dict[str, Any]:
+def _entry(outcome: NodeOutcome, observed: Observed, previous: Mapping[Any, Mapping[str, Any]]) -> dict[str, Any]:
     entry: dict[str, Any] = {"node": outcome.node, "state": outcome.state.value}
     if outcome.instance_id:
         entry["instanceId"] = outcome.instance_id
     if outcome.message:
         entry["message"] = clip(outcome.message, MAX_NODE_MESSAGE)
-    entry["since"] = format_time(outcome.since or now)
+    if outcome.since is not None:
+        entry["since"] = format_time(outcome.since)
+    else:
+        # An outcome made up at render time (a listed node that does not exist) has no history of its
+        # own: keep the time already shown while the state holds, so re-rendering changes nothing.
+        shown = previous.get(outcome.node) or {}
+        kept = shown.get("since") if shown.get("state") == outcome.state.value else None
+        entry["since"] = kept or format_time(observed.now)
     return entry
-
-
-def clip(text: str, limit: int) -> str:
-    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def status_differs(current: Mapping[str, Any], wanted: Mapping[str, Any]) -> bool:

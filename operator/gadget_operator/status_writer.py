@@ -72,7 +72,10 @@ class StatusWriter:
         if not self._dirty:
             return None
         now = asyncio.get_running_loop().time()
-        return max(0.0, min(since + self._settings.settle_timeout for since in self._dirty.values()) - now)
+        # A write waiting for its retry is due at ``since``; a dirty one at the latest when its wait
+        # for the nodes to settle runs out.
+        due = (since if since > now else since + self._settings.settle_timeout for since in self._dirty.values())
+        return max(0.0, min(due) - now)
 
     async def flush(self, *, force: bool = False) -> None:
         """Write every dirty resource that is settled (or waited long enough, or ``force``)."""

@@ -15,7 +15,7 @@ from kubernetes.aio.client.exceptions import ApiException
 
 from gadget_operator.daemon.client import DaemonPool
 from gadget_operator.simulator.server import Fleet
-from gadget_operator.testing.kube_emulator import KubeEmulator
+from gadget_operator.testing.kube_emulator import PORT_ANNOTATION_PREFIX, KubeEmulator
 from tests.integration.harness import (
     E2E_KUBECONFIG,
     Cluster,
@@ -38,21 +38,30 @@ class Env:
     emulator: KubeEmulator | None
     static_nodes: Path
 
-    async def restart_operator(self, *, crash: bool = False) -> None:
+    async def restart_operator(self, *extra: str, crash: bool = False) -> None:
         if crash:
             await self.operator.kill()
         else:
             await self.operator.stop()
-        self.operator = new_operator(self.cluster, self.static_nodes)
+        self.operator = new_operator(self.cluster, self.static_nodes, *extra)
         await self.operator.start()
 
 
-def new_operator(cluster: Cluster, static_nodes: Path) -> OperatorProcess:
+def new_operator(cluster: Cluster, static_nodes: Path, *extra: str) -> OperatorProcess:
     return OperatorProcess(
         static_nodes,
         kube_server=cluster.server,
         kubeconfig=cluster.kubeconfig,
-        extra_args=["--namespace", cluster.namespace, "--resync-interval", "1", "--rpc-timeout", "1", "--verbose"],
+        extra_args=[
+            "--namespace",
+            cluster.namespace,
+            "--resync-interval",
+            "1",
+            "--rpc-timeout",
+            "1",
+            "--verbose",
+            *extra,
+        ],
     )
 
 
@@ -116,6 +125,65 @@ async def env(cluster: tuple[Cluster, KubeEmulator | None]) -> AsyncIterator[Env
         await fleet.stop()
         shutil.rmtree(directory, ignore_errors=True)
         assert code in (0, None), f"the operator exited with {code}:\n{test_env.operator.logs()}"
+
+
+DAEMON_PORT = 8080
+
+
+@dataclass
+class PodsEnv:
+    cluster: Cluster
+    emulator: KubeEmulator
+    nodes: Nodes
+    operator: OperatorProcess
+
+    def put_daemon_pod(self, node: str, *, pod: str | None = None, ip: str = "10.0.0.1", ready: bool = True) -> str:
+        """A pod of IG's DaemonSet on ``node``, whose port 8080 leads to that node's simulated daemon."""
+        name = pod or f"gadget-{node}"
+        self.emulator.put(
+            {
+                "apiVersion": "v1",
+                "kind": "Pod",
+                "metadata": {
+                    "name": name,
+                    "namespace": "gadget",
+                    "labels": {"k8s-app": "gadget"},
+                    "annotations": {f"{PORT_ANNOTATION_PREFIX}{DAEMON_PORT}": self.nodes[node].address},
+                },
+                "spec": {"nodeName": node, "containers": [{"name": "gadget", "image": "ghcr.io/inspektor-gadget"}]},
+                "status": {"phase": "Running" if ready else "Pending", "podIP": ip},
+            }
+        )
+        return name
+
+
+@pytest.fixture
+async def pods_env(cluster: tuple[Cluster, KubeEmulator | None]) -> AsyncIterator[PodsEnv]:
+    test_cluster, emulator = cluster
+    assert emulator is not None
+    directory = Path(tempfile.mkdtemp(prefix="gp-"))
+    fleet = Fleet(directory, transport="tcp", stored=False)
+    await fleet.start(3, prefix="node-")
+    for name in fleet.nodes:
+        await test_cluster.add_node(name)
+    pool = DaemonPool(timeout=2.0)
+    operator = OperatorProcess(
+        None,
+        kube_server=test_cluster.server,
+        extra_args=["--discovery", "pods", "--daemon-transport", "port-forward", "--resync-interval", "1"],
+    )
+    env = PodsEnv(test_cluster, emulator, Nodes(fleet, pool), operator)
+    for name in fleet.nodes:
+        env.put_daemon_pod(name)
+    await operator.start()
+    try:
+        yield env
+    finally:
+        code = await operator.stop()
+        await pool.close()
+        await fleet.stop()
+        shutil.rmtree(directory, ignore_errors=True)
+        assert code in (0, None), operator.logs()
 
 
 @pytest.hookimpl(tryfirst=True, hookwrapper=True)

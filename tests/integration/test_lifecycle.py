@@ -9,10 +9,12 @@ from __future__ import annotations
 import copy
 from typing import Any
 
+import aiohttp
 import pytest
 
 from gadget_operator import identity
 from gadget_operator.daemon import model
+from gadget_operator.testing.operator_process import free_port
 from tests.integration.conftest import NODE_COUNT, Env
 from tests.integration.harness import E2E_KUBECONFIG, eventually, load_crd
 
@@ -336,3 +338,22 @@ async def test_apply_to_ready_writes_the_resource_at_most_twice_and_a_steady_sta
         "gadgetinstances", "trace", ns, subresource="status"
     )
     assert later == writes
+
+
+async def test_prometheus_metrics_count_what_the_operator_did(env: Env) -> None:
+    port = free_port()
+    await env.restart_operator("--metrics-port", str(port))
+
+    await env.cluster.apply("trace", TRACE_EXEC)
+    await env.cluster.wait_phase("trace", "Running")
+
+    async with aiohttp.ClientSession() as session, session.get(f"http://127.0.0.1:{port}/metrics") as response:
+        samples = {
+            line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1])
+            for line in (await response.text()).splitlines()
+            if line.startswith("gadget_operator_")
+        }
+    assert samples["gadget_operator_instances_created_total"] == NODE_COUNT
+    assert samples["gadget_operator_ready_nodes"] == NODE_COUNT
+    assert samples['gadget_operator_status_writes_total{result="ok"}'] >= 1
+    assert samples['gadget_operator_node_passes_total{result="ok"}'] >= NODE_COUNT

@@ -216,6 +216,7 @@ class RecordedRequest:
     namespace: str | None = None
     name: str | None = None  # for create: the name of the created object
     content_type: str | None = None
+    user_agent: str = ""
     status: int = 0  # the HTTP status once answered (200 as soon as a watch stream starts)
 
 
@@ -395,6 +396,11 @@ def _apply_schema(schema: Mapping[str, Any], value: Any, path: FieldPath, errors
             result[key] = _apply_schema(sub, copy.deepcopy(sub["default"]), (*path, key), errors)
     errors.extend(((*path, key), "Required value") for key in schema.get("required", ()) if key not in result)
     return result
+
+
+PORT_ANNOTATION_PREFIX = "kube-emulator.gadget-operator.io/port-"
+"""Pod annotation naming where the emulator's port-forward reaches a pod's port (it has no pod network)."""
+_PORTFORWARD_PATH = re.compile(r"/api/v1/namespaces/(?P<namespace>[^/]+)/pods/(?P<pod>[^/]+)/portforward")
 
 
 class KubeEmulator:
@@ -720,7 +726,11 @@ class KubeEmulator:
     async def _handle(self, request: web.Request) -> web.StreamResponse:
         record = RecordedRequest(request.method, request.path, dict(request.query))
         record.content_type = request.headers.get("Content-Type")
+        record.user_agent = request.headers.get("User-Agent", "")
         self.requests.append(record)
+        forward = _PORTFORWARD_PATH.fullmatch(request.path)
+        if forward is not None and request.method == "GET":
+            return await self._portforward(request, record, forward["namespace"], forward["pod"])
         try:
             response = await self._dispatch(request, record)
         except ApiError as error:
@@ -731,6 +741,64 @@ class KubeEmulator:
         record.status = record.status or response.status
         logger.debug("%s %s -> %s", request.method, request.path_qs, record.status)
         return response
+
+    async def _portforward(
+        self, request: web.Request, record: RecordedRequest, namespace: str, pod_name: str
+    ) -> web.StreamResponse:
+        """``pods/<pod>/portforward`` over WebSocket (``v4.channel.k8s.io``), as kubectl port-forward uses it.
+
+        The emulator has no pod network: a pod's port P is reached at the address in its annotation
+        ``PORT_ANNOTATION_PREFIX + P`` (``tcp://host:port`` or ``unix:///path``), e.g. a simulated daemon.
+        """
+        record.verb, record.group, record.version = "get", "", "v1"
+        record.resource, record.subresource, record.namespace, record.name = "pods", "portforward", namespace, pod_name
+        pod = self._bucket(self._type_at("v1", "pods")).get((namespace, pod_name))
+        ports = request.query.get("ports", "")
+        if pod is None:
+            record.status = 404
+            return web.json_response(ApiError(404, "NotFound", f'pods "{pod_name}" not found').status(), status=404)
+        if not ports.isdigit():
+            record.status = 400
+            return web.json_response(_bad_request("query parameter ports must be one port number").status(), status=400)
+        port = int(ports)
+        ws = web.WebSocketResponse(protocols=("v4.channel.k8s.io",), max_msg_size=0)
+        await ws.prepare(request)
+        record.status = 101
+        header = port.to_bytes(2, "little")
+        await ws.send_bytes(b"\x00" + header)
+        await ws.send_bytes(b"\x01" + header)
+        target = (pod["metadata"].get("annotations") or {}).get(f"{PORT_ANNOTATION_PREFIX}{port}", "")
+        try:
+            if target.startswith("unix://"):
+                reader, writer = await asyncio.open_unix_connection(target.removeprefix("unix://"))
+            else:
+                host, _, target_port = target.removeprefix("tcp://").rpartition(":")
+                reader, writer = await asyncio.open_connection(host, int(target_port))
+        except (OSError, ValueError) as error:
+            await ws.send_bytes(b"\x01" + f"error forwarding port {port} to pod {pod_name}: {error}".encode())
+            await ws.close()
+            return ws
+
+        async def pod_to_client() -> None:
+            while data := await reader.read(65536):
+                await ws.send_bytes(b"\x00" + data)
+
+        async def client_to_pod() -> None:
+            async for message in ws:
+                if message.type is web.WSMsgType.BINARY and message.data[:1] == b"\x00":
+                    writer.write(message.data[1:])
+                    await writer.drain()
+
+        tasks = [asyncio.ensure_future(pod_to_client()), asyncio.ensure_future(client_to_pod())]
+        try:
+            await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            writer.close()
+            await ws.close()
+        return ws
 
     def _discovery(self, parts: list[str]) -> JSON | None:
         """The documents of /version, /api, /apis and the group/version resource lists; None elsewhere."""

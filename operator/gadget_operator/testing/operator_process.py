@@ -26,11 +26,15 @@ def free_port() -> int:
 
 
 class OperatorProcess:
-    """``gadget-operator run`` with static discovery; ``start`` returns once its liveness probe answers."""
+    """``gadget-operator run``; ``start`` returns once its liveness probe answers.
+
+    With ``static_nodes`` it uses static discovery from that file; without, pods discovery as
+    configured by ``extra_args``.
+    """
 
     def __init__(
         self,
-        static_nodes: Path,
+        static_nodes: Path | None,
         *,
         kube_server: str | None = None,
         kubeconfig: str | None = None,
@@ -46,14 +50,10 @@ class OperatorProcess:
 
     async def start(self, *, within: float = 30.0) -> None:
         self.liveness_port = free_port()
-        args = [
-            "-m",
-            "gadget_operator",
-            "run",
-            "--discovery",
-            "static",
-            "--static-nodes",
-            str(self.static_nodes),
+        args = ["-m", "gadget_operator", "run"]
+        if self.static_nodes is not None:
+            args += ["--discovery", "static", "--static-nodes", str(self.static_nodes)]
+        args += [
             "--liveness",
             f"http://127.0.0.1:{self.liveness_port}/healthz",
             "--metrics-port",

@@ -1,0 +1,71 @@
+"""The RBAC rules shipped in manifests/base cover every API call the operator makes, and nothing more.
+
+The calls are recorded, not guessed: the emulator logs each request with its User-Agent, and the
+operator's own calls (``gadget-operator/...``) and kopf's (``kopf/...``) are compared with the rules
+``kubectl kustomize manifests/base`` renders. The scenario touches every kind of call: watches of
+GadgetInstances and Nodes, the daemon-pod watch and port-forward, finalizer and status patches,
+Events, and the GETs that confirm an orphan's resource or a stranded instance's node is gone.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from gadget_operator import identity, resource
+from gadget_operator.daemon import model
+from tests.integration.conftest import PodsEnv
+from tests.integration.harness import E2E_KUBECONFIG, eventually
+from tests.packaging.conftest import BASE, k8s_binaries, load_documents, run
+from tests.packaging.test_consistency import rbac_rules
+
+pytestmark = pytest.mark.skipif(bool(E2E_KUBECONFIG), reason="reads the emulator's request log")
+
+Call = tuple[str, str, str]  # (apiGroup, resource[/subresource], verb), as RBAC names them
+
+
+def operator_calls(env: PodsEnv) -> dict[str, set[Call]]:
+    calls: dict[str, set[Call]] = {}
+    for request in env.emulator.requests:
+        if not request.user_agent.startswith(("kopf/", "gadget-operator/")) or request.resource is None:
+            continue  # discovery documents are open to every authenticated user (system:discovery)
+        plural = f"{request.resource}/{request.subresource}" if request.subresource else request.resource
+        scope = "gadget" if request.resource == "pods" else "cluster"
+        verbs = {request.verb}
+        if request.subresource == "portforward":
+            verbs = {"get", "create"}  # a WebSocket GET; Kubernetes 1.35 also authorizes it as create
+        calls.setdefault(scope, set()).update((request.group or "", plural, verb) for verb in verbs)
+    return calls
+
+
+async def test_the_shipped_rbac_rules_are_exactly_the_calls_the_operator_makes(pods_env: PodsEnv) -> None:
+    node = "node-1"
+    ghost = identity.Ownership("6a7c0000-0000-4000-8000-000000000001", "default/ghost", node, "x")
+    orphan_id = identity.instance_id(ghost.resource_uid, node, "x")
+    client = pods_env.nodes.pool.get(pods_env.nodes[node].address)
+    await client.create_instance(
+        model.GadgetInstance(orphan_id, "ghost", "trace_exec", tags=identity.ownership_tags(ghost))
+    )
+    # As a DaemonSet-mode daemon lists the whole cluster's instances: one of a node that is gone.
+    stranded = identity.Ownership("6a7c0000-0000-4000-8000-000000000002", "default/old", "node-gone", "x")
+    stranded_id = identity.instance_id(stranded.resource_uid, stranded.node, "x")
+    await client.create_instance(
+        model.GadgetInstance(stranded_id, "stranded", "trace_exec", tags=identity.ownership_tags(stranded))
+    )
+    await pods_env.cluster.apply("trace", {"image": "trace_exec"})
+    await pods_env.cluster.wait_phase("trace", "Running")
+    await pods_env.cluster.delete("trace")
+    await pods_env.cluster.wait_gone("trace")
+
+    async def orphans_removed() -> bool:
+        return not {orphan_id, stranded_id} & {i.id for i in await client.list_instances()}
+
+    await eventually(orphans_removed, what="orphans removed")
+
+    binaries = k8s_binaries.ensure()
+    granted = rbac_rules(load_documents(run([binaries["kubectl"], "kustomize", str(BASE)]).stdout))
+    used = operator_calls(pods_env)
+    assert used == granted, (
+        f"calls not granted: { {s: used.get(s, set()) - granted.get(s, set()) for s in used} }\n"
+        f"granted, never used: { {s: granted[s] - used.get(s, set()) for s in granted} }"
+    )
+    assert (resource.GROUP, f"{resource.PLURAL}/status", "patch") in used["cluster"]
