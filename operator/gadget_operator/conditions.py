@@ -6,6 +6,7 @@ alone keeps it. That is what ``kubectl wait``, kstatus and Argo CD expect.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -19,6 +20,7 @@ def clip(text: str, limit: int) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
+@functools.lru_cache(maxsize=4096)  # the same few "since" times are formatted on every render
 def format_time(moment: datetime) -> str:
     """RFC 3339 in UTC with a ``Z``, second precision, as the API server writes times."""
     return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")

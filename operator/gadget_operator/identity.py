@@ -12,6 +12,7 @@ derived ID.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import re
@@ -52,6 +53,7 @@ def spec_hash(payload: Mapping[str, object]) -> str:
     return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 
 
+@functools.lru_cache(maxsize=1 << 16)  # asked for every (resource, node) on every status render
 def instance_id(resource_uid: str, node: str, spec_digest: str) -> str:
     """The deterministic 32-hex ID of the instance of one resource on one node for one spec."""
     digest = hashlib.sha256(f"{resource_uid}\x00{node}\x00{spec_digest}".encode()).hexdigest()

@@ -325,48 +325,54 @@ class Reconciler:
     # -- status ----------------------------------------------------------------------------------------
 
     def render_status(self, uid: str) -> Rendered | None:
-        """The status ``uid`` should carry now, folded from its nodes' outcomes (``status.compute_status``)."""
+        """How ``uid`` stands now: whether every target node has reported on the current spec (cheap),
+        and how to fold its nodes' outcomes into a status (``status.compute_status``, done only when the
+        writer may write it)."""
         gi = self.resources.get(uid)
         if gi is None or (gi.deleting and uid not in self.cleanup):
             return None
         outcomes = self.outcomes.get(uid, {})
-        observed = status.Observed(
-            generation=gi.generation,
-            previous=gi.status,
-            now=self.clock(),
-            max_node_entries=self.settings.status.max_node_entries,
-        )
+
+        def observed() -> status.Observed:
+            return status.Observed(gi.generation, gi.status, self.clock(), self.settings.status.max_node_entries)
+
         if gi.deleting:
-            rendered = status.compute_status(observed, outcomes=outcomes, deleting=True)
-            # Held back for settle_timeout: a quick cleanup never writes a Terminating status.
-            return Rendered(rendered, gi.status, settled=False)
-        if gi.spec is None:
-            rendered = status.compute_status(observed, spec_error=gi.spec_error)
-            return Rendered(rendered, gi.status, settled=True)
+            # Never settled, so held back for settle_timeout: a quick cleanup writes no Terminating status.
+            return Rendered(
+                lambda: status.compute_status(observed(), outcomes=outcomes, deleting=True), gi.status, settled=False
+            )
+        spec = gi.spec
+        if spec is None:
+            error = gi.spec_error
+            return Rendered(lambda: status.compute_status(observed(), spec_error=error), gi.status, settled=True)
+        labels = self.topology.labels
         ready = self.topology.ready_nodes()
-        matching = [node for node in ready if gi.spec.targets(node, self.topology.labels.get(node, {}))]
-        if gi.spec.suspend:
-            rendered = status.compute_status(observed, desired_nodes=matching, suspended=True)
-            return Rendered(rendered, gi.status, settled=not outcomes)
-        digest = gi.spec.hash()
-        current: dict[str, NodeOutcome] = {}
-        settled = True
-        for node in matching:
-            outcome = outcomes.get(node)
-            if _stale(outcome, identity.instance_id(uid, node, digest)):
-                settled = False
-                current[node] = NodeOutcome(node, NodeState.PENDING, message="not yet created on this node")
-            else:
-                current[node] = outcome  # type: ignore[assignment]
-        desired_nodes = list(matching)
-        for node in sorted((gi.spec.nodes or frozenset()) - ready.keys()):
-            desired_nodes.append(node)
-            if node not in self.topology.labels:
-                current[node] = NodeOutcome(node, NodeState.FAILED, message="no such node in the cluster")
-            else:
-                current[node] = NodeOutcome(node, NodeState.PENDING, message="no gadget daemon found on this node")
-        rendered = status.compute_status(observed, desired_nodes=desired_nodes, outcomes=current)
-        return Rendered(rendered, gi.status, settled=settled)
+        matching = [node for node in ready if spec.targets(node, labels.get(node, {}))]
+        if spec.suspend:
+            return Rendered(
+                lambda: status.compute_status(observed(), desired_nodes=matching, suspended=True),
+                gi.status,
+                settled=not outcomes,
+            )
+        settled = not any(_stale(outcomes.get(node), identity.instance_id(uid, node, spec.digest)) for node in matching)
+
+        def running_status() -> dict[str, Any]:
+            current: dict[str, NodeOutcome] = {}
+            for node in matching:
+                outcome = outcomes.get(node)
+                if outcome is None or _stale(outcome, identity.instance_id(uid, node, spec.digest)):
+                    outcome = NodeOutcome(node, NodeState.PENDING, message="not yet created on this node")
+                current[node] = outcome
+            desired_nodes = list(matching)
+            for node in sorted((spec.nodes or frozenset()) - ready.keys()):
+                desired_nodes.append(node)
+                if node not in labels:
+                    current[node] = NodeOutcome(node, NodeState.FAILED, message="no such node in the cluster")
+                else:
+                    current[node] = NodeOutcome(node, NodeState.PENDING, message="no gadget daemon found on this node")
+            return status.compute_status(observed(), desired_nodes=desired_nodes, outcomes=current)
+
+        return Rendered(running_status, gi.status, settled=settled)
 
     async def _write_status(self, uid: str, new: dict[str, Any]) -> None:
         gi = self.resources.get(uid)

@@ -80,6 +80,11 @@ class GadgetInstanceSpec:
     log_level: int = 0
     event_buffer_length: int = 0
     suspend: bool = False
+    digest: str = field(init=False, compare=False, repr=False)
+    """Hash of ``daemon_payload``, computed once: it names every instance of this spec."""
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "digest", identity.spec_hash(self.daemon_payload()))
 
     def targets(self, node: str, labels: Mapping[str, str]) -> bool:
         """Whether this spec wants an instance on ``node`` (both the list and the selector must agree)."""
@@ -96,7 +101,7 @@ class GadgetInstanceSpec:
         }
 
     def hash(self) -> str:
-        return identity.spec_hash(self.daemon_payload())
+        return self.digest
 
 
 def parse_spec(raw: Any) -> GadgetInstanceSpec:

@@ -22,12 +22,14 @@ logger = logging.getLogger(__name__)
 MAX_PARALLEL_WRITES = 16
 RETRY_DELAY = 2.0
 """Seconds before a failed status write is tried again."""
+COALESCE_WINDOW = 0.005
+"""Seconds the writer waits after a wake-up, so that a burst of marks is looked at once."""
 
 
 @dataclass(frozen=True, slots=True)
 class Rendered:
-    status: dict[str, Any]
-    """The status the resource should carry now."""
+    compute: Callable[[], dict[str, Any]]
+    """Computes the status the resource should carry now; called only when it may be written."""
     current: Mapping[str, Any]
     """The status it carries (as last seen)."""
     settled: bool
@@ -44,7 +46,9 @@ class StatusWriter:
         self._write = write
         self._settings = settings
         self._dirty: dict[str, float] = {}
-        """Per resource UID: the loop time from which it counts as dirty."""
+        """Per resource UID: the loop time from which it counts as dirty (later: a retry's time)."""
+        self._changed: set[str] = set()
+        """Resources marked since they were last looked at; others wait for their deadline."""
         self._wakeup = asyncio.Event()
         self._limit = asyncio.Semaphore(MAX_PARALLEL_WRITES)
         self.writes = 0
@@ -52,47 +56,63 @@ class StatusWriter:
     def mark(self, uid: str, *, delay: float = 0.0) -> None:
         if uid not in self._dirty:
             self._dirty[uid] = asyncio.get_running_loop().time() + delay
+        # Looked at when the delay is over (a retry), or at the next flush.
+        self._changed.add(uid)
         self._wakeup.set()
 
     def forget(self, uid: str) -> None:
         self._dirty.pop(uid, None)
+        self._changed.discard(uid)
 
     async def run(self) -> None:
+        loop = asyncio.get_running_loop()
         while True:
-            timeout = self._next_deadline()
             try:
-                async with asyncio.timeout(timeout):
+                async with asyncio.timeout(self._next_deadline()):
                     await self._wakeup.wait()
             except TimeoutError:
                 pass
+            # A short window gathers the marks of a burst (a node pass records many outcomes at once)
+            # into one look at each resource.
+            await asyncio.sleep(COALESCE_WINDOW)
             self._wakeup.clear()
+            started = loop.time()
             await self.flush()
+            logger.debug("status flush took %.1f ms", (loop.time() - started) * 1000)
+
+    def _deadline(self, since: float, now: float) -> float:
+        # A write waiting for its retry is due at ``since``; a dirty one at the latest when its wait
+        # for the nodes to settle runs out.
+        return since if since > now else since + self._settings.settle_timeout
 
     def _next_deadline(self) -> float | None:
         if not self._dirty:
             return None
         now = asyncio.get_running_loop().time()
-        # A write waiting for its retry is due at ``since``; a dirty one at the latest when its wait
-        # for the nodes to settle runs out.
-        due = (since if since > now else since + self._settings.settle_timeout for since in self._dirty.values())
-        return max(0.0, min(due) - now)
+        return max(0.0, min(self._deadline(since, now) for since in self._dirty.values()) - now)
 
     async def flush(self, *, force: bool = False) -> None:
         """Write every dirty resource that is settled (or waited long enough, or ``force``)."""
         now = asyncio.get_running_loop().time()
         due: list[tuple[str, dict[str, Any]]] = []
+        waiting = {uid for uid, since in self._dirty.items() if since > now}  # failed writes awaiting retry
+        changed, self._changed = self._changed - waiting, self._changed & waiting
         for uid, since in list(self._dirty.items()):
-            if since > now:
-                continue  # a failed write waiting for its retry
+            if uid in waiting:
+                continue
+            timed_out = now - since >= self._settings.settle_timeout
+            if not (force or timed_out or uid in changed):
+                continue  # nothing new since it was last found unsettled
             rendered = self._render(uid)
             if rendered is None:
                 del self._dirty[uid]
                 continue
-            if not (force or rendered.settled or now - since >= self._settings.settle_timeout):
+            if not (force or rendered.settled or timed_out):
                 continue
             del self._dirty[uid]
-            if status.status_differs(rendered.current, rendered.status):
-                due.append((uid, rendered.status))
+            new = rendered.compute()
+            if status.status_differs(rendered.current, new):
+                due.append((uid, new))
         if due:
             await asyncio.gather(*(self._write_one(uid, new) for uid, new in due))
 

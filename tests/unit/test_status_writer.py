@@ -40,7 +40,8 @@ class World:
     def render(self, uid: str) -> Rendered | None:
         if uid not in self.wanted:
             return None
-        return Rendered(dict(self.wanted[uid]), self.current.get(uid, {}), settled=self.settled[uid])
+        wanted = dict(self.wanted[uid])
+        return Rendered(lambda: wanted, self.current.get(uid, {}), settled=self.settled[uid])
 
     async def write(self, uid: str, new: dict[str, Any]) -> None:
         self.attempts.append(uid)
