@@ -33,7 +33,7 @@ from gadget_operator import errors, executor, identity, kube, metrics, planner, 
 from gadget_operator.daemon import model
 from gadget_operator.daemon.client import DaemonPool
 from gadget_operator.discovery import Topology
-from gadget_operator.resource import FINALIZER, GadgetInstanceResource
+from gadget_operator.resource import FINALIZER, GadgetInstanceResource, GadgetInstanceSpec
 from gadget_operator.settings import Settings
 from gadget_operator.status import NodeOutcome, NodeState
 from gadget_operator.status_writer import Rendered, StatusWriter
@@ -120,6 +120,12 @@ class Reconciler:
         self.limits = executor.Limits(settings.executor.max_concurrency, settings.executor.node_concurrency)
         self.writer = StatusWriter(render=self.render_status, write=self._write_status, settings=settings.status)
         self._tasks: set[asyncio.Task[None]] = set()
+        # Versions of what desired state is computed from, so each node's desired instances and each
+        # resource's matching nodes are recomputed only when their inputs changed, not on every pass.
+        self._topology_version = 0
+        self._wants_version = 0
+        self._desired_cache: dict[str, tuple[tuple[int, int], list[planner.DesiredInstance]]] = {}
+        self._matching_cache: dict[str, tuple[tuple[int, str], list[str]]] = {}
         topology.on_change = self.on_topology_change
 
     # -- lifecycle ---------------------------------------------------------------------------------
@@ -163,6 +169,7 @@ class Reconciler:
             gi = _with_finalizer(gi)
         self.resources[uid] = gi
         if gi.deleting and gi.has_finalizer and uid not in self.cleanup:
+            self._wants_version += 1
             self.cleanup[uid] = set(self.topology.ready_nodes())
             self.writer.mark(uid)
             self._wake(self.cleanup[uid])
@@ -170,6 +177,7 @@ class Reconciler:
                 await self._finish_cleanup(uid)
             return
         if previous is None or _wants_differ(previous, gi):
+            self._wants_version += 1
             self.writer.mark(uid)
             self._wake(self._nodes_touched(previous, gi))
         elif previous.status != gi.status:
@@ -177,6 +185,7 @@ class Reconciler:
             self.writer.mark(uid)
 
     def on_topology_change(self, nodes: set[str]) -> None:
+        self._topology_version += 1
         ready = self.topology.ready_nodes()
         metrics.READY_NODES.set(len(ready))
         for node in nodes:
@@ -213,6 +222,7 @@ class Reconciler:
 
     def _stop_worker(self, node: str) -> None:
         worker = self.workers.pop(node)
+        self._desired_cache.pop(node, None)
         if worker.task is not None:
             worker.task.cancel()
         self.limits.forget(node)
@@ -234,12 +244,29 @@ class Reconciler:
             worker.wake(relist=relist)
 
     def desired_on(self, node: str) -> list[planner.DesiredInstance]:
+        versions = (self._topology_version, self._wants_version)
+        cached = self._desired_cache.get(node)
+        if cached is not None and cached[0] == versions:
+            return cached[1]
         labels = self.topology.labels.get(node, {})
-        return [
+        desired = [
             planner.desired_instance(gi, node)
             for gi in self.resources.values()
             if gi.active and gi.spec is not None and gi.spec.targets(node, labels)
         ]
+        self._desired_cache[node] = (versions, desired)
+        return desired
+
+    def _matching_nodes(self, gi: GadgetInstanceResource, spec: GadgetInstanceSpec) -> list[str]:
+        """The ready nodes ``spec`` selects; cached per topology and resource version."""
+        key = (self._topology_version, gi.resource_version)
+        cached = self._matching_cache.get(gi.uid)
+        if cached is not None and cached[0] == key:
+            return cached[1]
+        labels = self.topology.labels
+        matching = [node for node in self.topology.ready_nodes() if spec.targets(node, labels.get(node, {}))]
+        self._matching_cache[gi.uid] = (key, matching)
+        return matching
 
     async def sync_node(self, worker: NodeWorker) -> None:
         """One pass over one node: list if needed, plan, execute, record outcomes."""
@@ -347,7 +374,7 @@ class Reconciler:
             return Rendered(lambda: status.compute_status(observed(), spec_error=error), gi.status, settled=True)
         labels = self.topology.labels
         ready = self.topology.ready_nodes()
-        matching = [node for node in ready if spec.targets(node, labels.get(node, {}))]
+        matching = self._matching_nodes(gi, spec)
         if spec.suspend:
             return Rendered(
                 lambda: status.compute_status(observed(), desired_nodes=matching, suspended=True),
@@ -444,6 +471,8 @@ class Reconciler:
         self.cleanup.pop(uid, None)
 
     def _forget(self, uid: str) -> None:
+        self._wants_version += 1
+        self._matching_cache.pop(uid, None)
         gi = self.resources.pop(uid, None)
         self.outcomes.pop(uid, None)
         self.cleanup.pop(uid, None)

@@ -84,6 +84,8 @@ class StatusSettings:
     settle_timeout: float = 2.0
     """Longest a status write waits for every target node to report once, so that apply-to-Ready is one
     write, not one per node."""
+    max_settle_timeout: float = 30.0
+    """While a resource stays unsettled, each progress write doubles its wait, up to this."""
 
 
 @dataclass(frozen=True, slots=True)

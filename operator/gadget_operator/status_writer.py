@@ -3,7 +3,9 @@
 Producers only ``mark`` a resource dirty. The writer renders each dirty resource's status and writes
 it when it differs from what the object carries. A resource whose target nodes have not all reported
 yet is held back (up to ``settle_timeout``), so that a fresh resource goes from apply to Ready in one
-status write rather than one per node; a steady state writes nothing at all.
+status write rather than one per node; while it stays unsettled, each progress write doubles that
+wait (up to ``max_settle_timeout``), so a slow rollout costs a few writes, not one every two seconds.
+A steady state writes nothing at all.
 """
 
 from __future__ import annotations
@@ -49,6 +51,8 @@ class StatusWriter:
         """Per resource UID: the loop time from which it counts as dirty (later: a retry's time)."""
         self._changed: set[str] = set()
         """Resources marked since they were last looked at; others wait for their deadline."""
+        self._patience: dict[str, float] = {}
+        """Per resource still unsettled after a progress write: how long it waits before the next."""
         self._wakeup = asyncio.Event()
         self._limit = asyncio.Semaphore(MAX_PARALLEL_WRITES)
         self.writes = 0
@@ -63,6 +67,10 @@ class StatusWriter:
     def forget(self, uid: str) -> None:
         self._dirty.pop(uid, None)
         self._changed.discard(uid)
+        self._patience.pop(uid, None)
+
+    def _settle_wait(self, uid: str) -> float:
+        return self._patience.get(uid, self._settings.settle_timeout)
 
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
@@ -80,16 +88,16 @@ class StatusWriter:
             await self.flush()
             logger.debug("status flush took %.1f ms", (loop.time() - started) * 1000)
 
-    def _deadline(self, since: float, now: float) -> float:
+    def _deadline(self, uid: str, since: float, now: float) -> float:
         # A write waiting for its retry is due at ``since``; a dirty one at the latest when its wait
         # for the nodes to settle runs out.
-        return since if since > now else since + self._settings.settle_timeout
+        return since if since > now else since + self._settle_wait(uid)
 
     def _next_deadline(self) -> float | None:
         if not self._dirty:
             return None
         now = asyncio.get_running_loop().time()
-        return max(0.0, min(self._deadline(since, now) for since in self._dirty.values()) - now)
+        return max(0.0, min(self._deadline(uid, since, now) for uid, since in self._dirty.items()) - now)
 
     async def flush(self, *, force: bool = False) -> None:
         """Write every dirty resource that is settled (or waited long enough, or ``force``)."""
@@ -100,7 +108,7 @@ class StatusWriter:
         for uid, since in list(self._dirty.items()):
             if uid in waiting:
                 continue
-            timed_out = now - since >= self._settings.settle_timeout
+            timed_out = now - since >= self._settle_wait(uid)
             if not (force or timed_out or uid in changed):
                 continue  # nothing new since it was last found unsettled
             rendered = self._render(uid)
@@ -110,6 +118,11 @@ class StatusWriter:
             if not (force or rendered.settled or timed_out):
                 continue
             del self._dirty[uid]
+            if rendered.settled:
+                self._patience.pop(uid, None)
+            else:
+                wait = 2 * self._settle_wait(uid)
+                self._patience[uid] = min(wait, self._settings.max_settle_timeout)
             new = rendered.compute()
             if status.status_differs(rendered.current, new):
                 due.append((uid, new))
