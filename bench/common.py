@@ -44,7 +44,11 @@ def simulator_process(nodes: int, *, transport: str = "unix") -> Iterator[dict[s
             yield yaml.safe_load(out.read_text())
         finally:
             process.send_signal(signal.SIGINT)
-            process.wait(timeout=30)
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:  # a stuck simulator must not outlive the benchmark
+                process.kill()
+                process.wait()
 
 
 def record(name: str, result: dict[str, object]) -> None:

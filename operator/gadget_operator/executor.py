@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TypeVar
 
@@ -23,6 +23,7 @@ from gadget_operator.status import NodeState
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
+X = TypeVar("X")
 
 OwnerGone = Callable[[identity.Ownership], Awaitable[bool]]
 """Asks the API server whether an instance's resource is really gone (orphan removal)."""
@@ -65,6 +66,10 @@ class Limits:
 
     def forget(self, node: str) -> None:
         self._per_node.pop(node, None)
+
+    @property
+    def per_node(self) -> int:
+        return self._per_node_limit
 
     @property
     def total(self) -> asyncio.Semaphore:
@@ -125,7 +130,7 @@ async def execute(
         result.created += 1
         result.outcomes[uid] = outcome_of(created)
 
-    await asyncio.gather(*(create(wanted) for wanted in plan.creates))
+    await _each(plan.creates, create, limits.per_node)
 
     async def remove(removal: planner.Removal) -> None:
         if removal.after_create is not None and removal.after_create not in actual:
@@ -155,8 +160,20 @@ async def execute(
         result.removed += 1
 
     if result.unreachable is None:
-        await asyncio.gather(*(remove(removal) for removal in plan.removals))
+        await _each(plan.removals, remove, limits.per_node)
     return result
+
+
+async def _each(items: Sequence[X], action: Callable[[X], Awaitable[None]], width: int) -> None:
+    """``action`` on every item, ``width`` at a time: a few workers pull the items, so a plan of
+    thousands of calls holds a few coroutines, not one per call."""
+    pending = iter(items)
+
+    async def worker() -> None:
+        for item in pending:
+            await action(item)
+
+    await asyncio.gather(*(worker() for _ in range(min(width, len(items)))))
 
 
 async def _adopt(

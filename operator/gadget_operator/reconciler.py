@@ -60,6 +60,8 @@ class NodeWorker:
     actual: dict[str, model.GadgetInstance] | None = None
     """The daemon's instances by ID as of the last list and our own calls; None forces a list."""
     failures: int = 0
+    verify_scheduled: bool = False
+    """A relist is already due (to read back the state of instances just created)."""
     wake_event: asyncio.Event = field(default_factory=asyncio.Event)
     task: asyncio.Task[None] | None = None
 
@@ -120,11 +122,10 @@ class Reconciler:
         self.limits = executor.Limits(settings.executor.max_concurrency, settings.executor.node_concurrency)
         self.writer = StatusWriter(render=self.render_status, write=self._write_status, settings=settings.status)
         self._tasks: set[asyncio.Task[None]] = set()
-        # Versions of what desired state is computed from, so each node's desired instances and each
-        # resource's matching nodes are recomputed only when their inputs changed, not on every pass.
+        # Each node's desired instances (by resource UID) and each resource's matching nodes are kept
+        # and updated when their inputs change, not recomputed on every pass and every render.
+        self._desired: dict[str, dict[str, planner.DesiredInstance]] = {}
         self._topology_version = 0
-        self._wants_version = 0
-        self._desired_cache: dict[str, tuple[tuple[int, int], list[planner.DesiredInstance]]] = {}
         self._matching_cache: dict[str, tuple[tuple[int, str], list[str]]] = {}
         topology.on_change = self.on_topology_change
 
@@ -169,7 +170,7 @@ class Reconciler:
             gi = _with_finalizer(gi)
         self.resources[uid] = gi
         if gi.deleting and gi.has_finalizer and uid not in self.cleanup:
-            self._wants_version += 1
+            self._update_desired(gi)
             self.cleanup[uid] = set(self.topology.ready_nodes())
             self.writer.mark(uid)
             self._wake(self.cleanup[uid])
@@ -177,7 +178,7 @@ class Reconciler:
                 await self._finish_cleanup(uid)
             return
         if previous is None or _wants_differ(previous, gi):
-            self._wants_version += 1
+            self._update_desired(gi)
             self.writer.mark(uid)
             self._wake(self._nodes_touched(previous, gi))
         elif previous.status != gi.status:
@@ -186,6 +187,8 @@ class Reconciler:
 
     def on_topology_change(self, nodes: set[str]) -> None:
         self._topology_version += 1
+        for node in nodes:
+            self._desired.pop(node, None)  # its labels may have changed
         ready = self.topology.ready_nodes()
         metrics.READY_NODES.set(len(ready))
         for node in nodes:
@@ -222,7 +225,7 @@ class Reconciler:
 
     def _stop_worker(self, node: str) -> None:
         worker = self.workers.pop(node)
-        self._desired_cache.pop(node, None)
+        self._desired.pop(node, None)
         if worker.task is not None:
             worker.task.cancel()
         self.limits.forget(node)
@@ -244,18 +247,20 @@ class Reconciler:
             worker.wake(relist=relist)
 
     def desired_on(self, node: str) -> list[planner.DesiredInstance]:
-        versions = (self._topology_version, self._wants_version)
-        cached = self._desired_cache.get(node)
-        if cached is not None and cached[0] == versions:
-            return cached[1]
-        labels = self.topology.labels.get(node, {})
-        desired = [
-            planner.desired_instance(gi, node)
-            for gi in self.resources.values()
-            if gi.active and gi.spec is not None and gi.spec.targets(node, labels)
-        ]
-        self._desired_cache[node] = (versions, desired)
-        return desired
+        desired = self._desired.get(node)
+        if desired is None:
+            desired = self._desired[node] = {
+                uid: planner.desired_instance(gi, node) for uid, gi in self.resources.items() if self._targets(gi, node)
+            }
+        return list(desired.values())
+
+    def _update_desired(self, gi: GadgetInstanceResource) -> None:
+        """What ``gi`` wants changed: update it in every node's desired instances."""
+        for node, desired in self._desired.items():
+            if self._targets(gi, node):
+                desired[gi.uid] = planner.desired_instance(gi, node)
+            else:
+                desired.pop(gi.uid, None)
 
     def _matching_nodes(self, gi: GadgetInstanceResource, spec: GadgetInstanceSpec) -> list[str]:
         """The ready nodes ``spec`` selects; cached per topology and resource version."""
@@ -310,8 +315,16 @@ class Reconciler:
             for uid, pending in self.cleanup.items():
                 if node in pending:
                     self._set_outcome(uid, node, NodeOutcome(node, NodeState.UNREACHABLE, "", result.unreachable))
-        if result.created:
-            asyncio.get_running_loop().call_later(self.settings.executor.verify_delay, lambda: worker.wake(relist=True))
+        if result.created and not worker.verify_scheduled:
+            # Daemons report a bad image or parameter only after Create succeeded: read the state back
+            # once, a little later, for every burst of creates on this node.
+            worker.verify_scheduled = True
+            asyncio.get_running_loop().call_later(self.settings.executor.verify_delay, self._verify, worker)
+
+    @staticmethod
+    def _verify(worker: NodeWorker) -> None:
+        worker.verify_scheduled = False
+        worker.wake(relist=True)
 
     def _record(
         self, node: str, desired: list[planner.DesiredInstance], outcomes: dict[str, executor.InstanceOutcome]
@@ -471,7 +484,8 @@ class Reconciler:
         self.cleanup.pop(uid, None)
 
     def _forget(self, uid: str) -> None:
-        self._wants_version += 1
+        for desired in self._desired.values():
+            desired.pop(uid, None)
         self._matching_cache.pop(uid, None)
         gi = self.resources.pop(uid, None)
         self.outcomes.pop(uid, None)

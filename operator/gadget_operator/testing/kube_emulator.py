@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import copy
 import json
 import logging
@@ -793,10 +794,12 @@ class KubeEmulator:
         try:
             await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
         finally:
+            writer.close()  # before any await: a second cancellation must not skip it
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
-            writer.close()
+            with contextlib.suppress(OSError):
+                await writer.wait_closed()
             await ws.close()
         return ws
 
