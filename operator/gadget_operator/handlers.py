@@ -31,12 +31,17 @@ logger = logging.getLogger(__name__)
 def build_registry(settings: Settings) -> kopf.OperatorRegistry:
     registry = kopf.OperatorRegistry()
 
+    # A registry of its own gets none of kopf's default login handlers: say how to authenticate, the
+    # same way as kube.KubeApi does (in-cluster service account, else kubeconfig; or --kube-server).
     if settings.kube_server:
         server = settings.kube_server
 
         @kopf.on.login(registry=registry)
         def login(**_: Any) -> kopf.ConnectionInfo:
             return kopf.ConnectionInfo(server=server, insecure=True, default_namespace="default")
+
+    else:
+        kopf.on.login(registry=registry)(kopf.login_via_client)
 
     @kopf.on.startup(registry=registry)
     async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:

@@ -22,6 +22,7 @@ from tests.integration.harness import (
     Nodes,
     OperatorProcess,
     emulator_client,
+    eventually,
     load_crd,
     real_cluster_client,
     unique,
@@ -70,8 +71,16 @@ async def cluster() -> AsyncIterator[tuple[Cluster, KubeEmulator | None]]:
     if E2E_KUBECONFIG:
         api = await real_cluster_client()
         extensions = kclient.ApiextensionsV1Api(api)
-        with contextlib.suppress(ApiException):
-            await extensions.create_custom_resource_definition(load_crd())
+        crd = load_crd()
+        with contextlib.suppress(ApiException):  # already installed
+            await extensions.create_custom_resource_definition(crd)
+
+        async def established() -> bool:
+            body = await extensions.read_custom_resource_definition(crd["metadata"]["name"])
+            conditions = (body.status and body.status.conditions) or []
+            return any(c.type == "Established" and c.status == "True" for c in conditions)
+
+        await eventually(established, what="the GadgetInstance CRD established")
         namespace = unique("gi-e2e")
         await kclient.CoreV1Api(api).create_namespace({"metadata": {"name": namespace}})
         test_cluster = Cluster(api, namespace, node_prefix=f"{namespace}-node-", kubeconfig=E2E_KUBECONFIG)
@@ -107,8 +116,8 @@ async def env(cluster: tuple[Cluster, KubeEmulator | None]) -> AsyncIterator[Env
     static_nodes = fleet.write_static_nodes(directory / "nodes.yaml")
     pool = DaemonPool(timeout=2.0)
     test_env = Env(test_cluster, Nodes(fleet, pool), new_operator(test_cluster, static_nodes), emulator, static_nodes)
-    await test_env.operator.start()
     try:
+        await test_env.operator.start()  # inside: a failed start still stops the daemons below
         yield test_env
     finally:
         if E2E_KUBECONFIG:  # leave nothing behind: let the operator release its finalizers first
@@ -175,8 +184,8 @@ async def pods_env(cluster: tuple[Cluster, KubeEmulator | None]) -> AsyncIterato
     env = PodsEnv(test_cluster, emulator, Nodes(fleet, pool), operator)
     for name in fleet.nodes:
         env.put_daemon_pod(name)
-    await operator.start()
     try:
+        await operator.start()
         yield env
     finally:
         code = await operator.stop()
