@@ -7,14 +7,16 @@ node's instances as the IG CLI (``gadget list``) shows them.
 from __future__ import annotations
 
 import copy
+from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
+import yaml
 
 from gadget_operator import identity
 from gadget_operator.daemon import model
-from gadget_operator.testing.operator_process import free_port
+from gadget_operator.testing.operator_process import OperatorProcess, free_port
 from tests.integration.conftest import NODE_COUNT, Env
 from tests.integration.harness import E2E_KUBECONFIG, eventually, load_crd
 
@@ -357,3 +359,34 @@ async def test_prometheus_metrics_count_what_the_operator_did(env: Env) -> None:
     assert samples["gadget_operator_ready_nodes"] == NODE_COUNT
     assert samples['gadget_operator_status_writes_total{result="ok"}'] >= 1
     assert samples['gadget_operator_node_passes_total{result="ok"}'] >= NODE_COUNT
+
+
+@pytest.mark.skipif(bool(E2E_KUBECONFIG), reason="the e2e run itself authenticates with a kubeconfig")
+async def test_the_operator_authenticates_with_a_kubeconfig_as_in_a_cluster(env: Env, tmp_path: Path) -> None:
+    """Without --kube-server both kopf and the operator's own client must find credentials themselves."""
+    kubeconfig = tmp_path / "kubeconfig"
+    kubeconfig.write_text(
+        yaml.safe_dump(
+            {
+                "apiVersion": "v1",
+                "kind": "Config",
+                "clusters": [{"name": "c", "cluster": {"server": env.cluster.server}}],
+                "users": [{"name": "u", "user": {"token": "t0ken"}}],
+                "contexts": [{"name": "c", "context": {"cluster": "c", "user": "u"}}],
+                "current-context": "c",
+            }
+        )
+    )
+    await env.operator.stop()
+    env.operator = OperatorProcess(
+        env.static_nodes, kubeconfig=str(kubeconfig), extra_args=["--namespace", env.cluster.namespace]
+    )
+    await env.operator.start()
+
+    await env.cluster.apply("trace", TRACE_EXEC)
+
+    await env.cluster.wait_phase("trace", "Running")
+    assert env.emulator is not None
+    operator_requests = [r for r in env.emulator.requests if r.user_agent.startswith(("kopf/", "gadget-operator/"))]
+    assert operator_requests
+    assert all(r.status < 400 for r in operator_requests if r.resource == "gadgetinstances")
