@@ -105,20 +105,34 @@ def pod_endpoint(pod: Mapping[str, Any], settings: DiscoverySettings) -> tuple[s
     return node, f"tcp://{host}:{port}"
 
 
+async def list_nodes(api: kube.KubeApi, topology: Topology) -> None:
+    """Seed the topology with every Node before the first pass: a restarted operator must know the
+    whole cluster before it decides that a node is gone or that a deletion is complete."""
+    for node in await api.list_nodes():
+        topology.apply_node("ADDED", node)
+
+
+async def list_daemon_pods(api: kube.KubeApi, topology: Topology) -> str:
+    """Replace the endpoints with the running daemon pods; returns the list's resourceVersion."""
+    settings = topology.settings
+    pods, resource_version = await api.list_pods(settings.daemon_namespace, settings.daemon_selector)
+    listed: dict[str, str] = {}
+    owners: dict[str, str] = {}
+    for pod in pods:
+        node, address = pod_endpoint(pod, settings)
+        if node is not None and address is not None:
+            listed[node] = address
+            owners[node] = str(pod["metadata"].get("uid", ""))
+    topology.replace_endpoints(listed, owners)
+    return resource_version
+
+
 async def watch_daemon_pods(api: kube.KubeApi, topology: Topology, *, retry_delay: float = 2.0) -> None:
     """Keep ``topology.endpoints`` equal to the running daemon pods, forever (cancel to stop)."""
     settings = topology.settings
     while True:
         try:
-            pods, resource_version = await api.list_pods(settings.daemon_namespace, settings.daemon_selector)
-            listed: dict[str, str] = {}
-            owners: dict[str, str] = {}
-            for pod in pods:
-                node, address = pod_endpoint(pod, settings)
-                if node is not None and address is not None:
-                    listed[node] = address
-                    owners[node] = str(pod["metadata"].get("uid", ""))
-            topology.replace_endpoints(listed, owners)
+            resource_version = await list_daemon_pods(api, topology)
             async for event_type, pod in api.watch_pods(
                 settings.daemon_namespace, settings.daemon_selector, resource_version
             ):

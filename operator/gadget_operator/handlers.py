@@ -99,7 +99,11 @@ class Runtime:
             forwarder=PortForwarder(api.open_portforward),
         )
         runtime = cls(settings, api, pool)
+        # The whole topology is known before the reconciler starts and before kopf delivers the first
+        # GadgetInstance: a deletion found at startup must wait for every node that exists.
+        await discovery.list_nodes(api, runtime.topology)
         if settings.discovery.mode is DiscoveryMode.PODS:
+            await discovery.list_daemon_pods(api, runtime.topology)
             runtime.tasks.append(asyncio.create_task(discovery.watch_daemon_pods(api, runtime.topology)))
         if settings.metrics_port:
             metrics.serve(settings.metrics_port)

@@ -9,7 +9,7 @@ call                                     resource                    verb
 ``add_finalizer`` / ``remove_finalizer``  gadgetinstances             patch (JSON patch)
 ``patch_status``                         gadgetinstances/status      patch (merge patch)
 ``get_gadget_instance``                  gadgetinstances             get
-``node_exists``                          nodes                       get
+``node_exists`` / ``list_nodes``         nodes                       get, list
 ``list_pods`` / ``watch_pods``           pods (daemon namespace)     list, watch
 ``post_event``                           events                      create
 ``open_portforward``                     pods/portforward            get, create (WebSocket)
@@ -177,6 +177,9 @@ class KubeApi:
                 return False
             raise
         return True
+
+    async def list_nodes(self) -> list[dict[str, Any]]:
+        return list((await self._call("GET", "/api/v1/nodes")).get("items") or [])
 
     async def list_pods(self, namespace: str, selector: str) -> tuple[list[dict[str, Any]], str]:
         body = await self._call("GET", f"/api/v1/namespaces/{namespace}/pods", params={"labelSelector": selector})

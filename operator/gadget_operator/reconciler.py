@@ -192,6 +192,9 @@ class Reconciler:
         ready = self.topology.ready_nodes()
         metrics.READY_NODES.set(len(ready))
         for node in nodes:
+            if node in ready:
+                for pending in self.cleanup.values():
+                    pending.add(node)  # a node that (re)appears mid-deletion must be cleaned too
             worker = self.workers.get(node)
             if node in ready and worker is None:
                 self._start_worker(node)
