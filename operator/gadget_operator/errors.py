@@ -4,8 +4,9 @@
     ├── SpecError                     a GadgetInstance spec that can never work (field path + reason)
     ├── InvalidInstanceError          an instance ID or name that breaks the daemon's rules
     └── DaemonError                   a call to one node's gadget daemon failed
-        ├── DaemonUnavailable         nothing answered: refused, no socket, TLS handshake failed
-        ├── DaemonDeadlineExceeded    the call did not finish within its deadline (a hung daemon)
+        ├── DaemonUnreachable         no answer at all (the node is retried with backoff)
+        │   ├── DaemonUnavailable     nothing answered: refused, no socket, TLS handshake failed
+        │   └── DaemonDeadlineExceeded the call did not finish within its deadline (a hung daemon)
         ├── DaemonRejected            the daemon answered with an error; ``message`` is its own text
         │   └── InstanceAlreadyExists the ID or name is taken ("already exists")
         └── InstanceNotFound          the instance ID is unknown to the daemon
@@ -46,11 +47,15 @@ class DaemonError(GadgetOperatorError):
         return f"{self.message} ({self.address})" if self.address else self.message
 
 
-class DaemonUnavailable(DaemonError):
+class DaemonUnreachable(DaemonError):
+    """The daemon gave no answer; unlike a rejection, this says nothing about the instance."""
+
+
+class DaemonUnavailable(DaemonUnreachable):
     """The daemon could not be reached at all."""
 
 
-class DaemonDeadlineExceeded(DaemonError):
+class DaemonDeadlineExceeded(DaemonUnreachable):
     """The daemon did not answer within the call's deadline."""
 
 

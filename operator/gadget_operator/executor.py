@@ -105,21 +105,8 @@ async def execute(
     async def create(wanted: planner.DesiredInstance) -> None:
         uid = wanted.owner.resource_uid
         try:
-            created = await bounded(
-                api.create_instance(wanted.instance, event_buffer_length=wanted.event_buffer_length)
-            )
-        except errors.InstanceAlreadyExists as error:
-            try:
-                adopted = await _adopt(api, wanted, error, bounded)
-            except (errors.DaemonUnavailable, errors.DaemonDeadlineExceeded) as unreachable:
-                result.unreachable = str(unreachable)
-                result.outcomes[uid] = InstanceOutcome(NodeState.UNREACHABLE, wanted.instance.id, str(unreachable))
-                return
-            if adopted is None:
-                result.outcomes[uid] = InstanceOutcome(NodeState.FAILED, wanted.instance.id, error.message)
-                return
-            created = adopted
-        except (errors.DaemonUnavailable, errors.DaemonDeadlineExceeded) as error:
+            created = await _create_or_adopt(api, wanted, bounded)
+        except errors.DaemonUnreachable as error:
             result.unreachable = str(error)
             result.outcomes[uid] = InstanceOutcome(NodeState.UNREACHABLE, wanted.instance.id, str(error))
             return
@@ -143,7 +130,7 @@ async def execute(
             await bounded(api.remove_instance(removal.instance_id))
         except errors.InstanceNotFound:
             pass
-        except (errors.DaemonUnavailable, errors.DaemonDeadlineExceeded) as error:
+        except errors.DaemonUnreachable as error:
             result.unreachable = str(error)
             return
         except errors.DaemonError as error:
@@ -176,6 +163,22 @@ async def _each(items: Sequence[X], action: Callable[[X], Awaitable[None]], widt
     await asyncio.gather(*(worker() for _ in range(min(width, len(items)))))
 
 
+async def _create_or_adopt(
+    api: InstanceApi,
+    wanted: planner.DesiredInstance,
+    bounded: Callable[[Awaitable[model.GadgetInstance]], Awaitable[model.GadgetInstance]],
+) -> model.GadgetInstance:
+    """Create ``wanted``; if it already exists and is ours, that instance. A real collision raises the
+    daemon's "already exists"; an unreachable daemon raises, whichever call found it."""
+    try:
+        return await bounded(api.create_instance(wanted.instance, event_buffer_length=wanted.event_buffer_length))
+    except errors.InstanceAlreadyExists as error:
+        adopted = await _adopt(api, wanted, error, bounded)
+        if adopted is None:
+            raise
+        return adopted
+
+
 async def _adopt(
     api: InstanceApi,
     wanted: planner.DesiredInstance,
@@ -185,7 +188,7 @@ async def _adopt(
     """The instance already exists: ours (a concurrent or earlier pass made it) or a real collision."""
     try:
         existing = await bounded(api.get_instance(wanted.instance.id))
-    except (errors.DaemonUnavailable, errors.DaemonDeadlineExceeded):
+    except errors.DaemonUnreachable:
         raise  # not a collision: the pass ends as unreachable
     except errors.DaemonError:
         return None
