@@ -161,38 +161,12 @@ def _judge(
             ],
         )
     if spec_error is not None:
-        message = f"invalid spec: {spec_error}"
-        return (
-            Phase.FAILED,
-            message,
-            [
-                Condition("Ready", False, "InvalidSpec", message),
-                Condition("Progressing", False, "InvalidSpec", message),
-                Condition("Degraded", True, "InvalidSpec", message),
-            ],
-        )
+        return _settled(Phase.FAILED, "InvalidSpec", f"invalid spec: {spec_error}", ready=False, degraded=True)
     if suspended:
-        message = "suspended: no instances run"
-        return (
-            Phase.SUSPENDED,
-            message,
-            [
-                Condition("Ready", True, "Suspended", message),
-                Condition("Progressing", False, "Suspended", message),
-                Condition("Degraded", False, "Suspended", ""),
-            ],
-        )
+        return _settled(Phase.SUSPENDED, "Suspended", "suspended: no instances run", ready=True, degraded=False)
     if desired == 0:
         message = "no node matches: no instances run"
-        return (
-            Phase.PENDING,
-            message,
-            [
-                Condition("Ready", False, "NoMatchingNodes", message),
-                Condition("Progressing", False, "NoMatchingNodes", message),
-                Condition("Degraded", False, "NoMatchingNodes", ""),
-            ],
-        )
+        return _settled(Phase.PENDING, "NoMatchingNodes", message, ready=False, degraded=False)
     summary = f"running on {running} of {desired} node(s)"
     if failed:
         phase = Phase.FAILED if running == 0 and pending == 0 else Phase.DEGRADED
@@ -214,6 +188,22 @@ def _judge(
                 f"{pending} node(s) pending" if pending else summary,
             ),
             Condition("Degraded", failed > 0, "NodesFailed" if failed else "NoFailures", problems),
+        ],
+    )
+
+
+def _settled(
+    phase: Phase, reason: str, message: str, *, ready: bool, degraded: bool
+) -> tuple[Phase, str, list[Condition]]:
+    """A state with nothing in progress: every condition has the same reason, and only a degraded
+    one repeats the message."""
+    return (
+        phase,
+        message,
+        [
+            Condition("Ready", ready, reason, message),
+            Condition("Progressing", False, reason, message),
+            Condition("Degraded", degraded, reason, message if degraded else ""),
         ],
     )
 
