@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -60,6 +60,16 @@ class Topology:
         if self.labels.get(name) != labels:
             self.labels[name] = labels
             self.on_change({name})
+
+    def replace_nodes(self, nodes: Iterable[Mapping[str, Any]]) -> None:
+        """The full Node list (start-up): one change notice for every node that differs."""
+        labels: dict[str, Mapping[str, str]] = {
+            body["metadata"]["name"]: dict(body["metadata"].get("labels") or {}) for body in nodes
+        }
+        changed = {node for node in self.labels.keys() | labels.keys() if self.labels.get(node) != labels.get(node)}
+        self.labels = labels
+        if changed:
+            self.on_change(changed)
 
     def replace_endpoints(self, endpoints: Mapping[str, str], pod_uids: Mapping[str, str]) -> None:
         self.pod_uids = dict(pod_uids)
@@ -108,8 +118,7 @@ def pod_endpoint(pod: Mapping[str, Any], settings: DiscoverySettings) -> tuple[s
 async def list_nodes(api: kube.KubeApi, topology: Topology) -> None:
     """Seed the topology with every Node before the first pass: a restarted operator must know the
     whole cluster before it decides that a node is gone or that a deletion is complete."""
-    for node in await api.list_nodes():
-        topology.apply_node("ADDED", node)
+    topology.replace_nodes(await api.list_nodes())
 
 
 async def list_daemon_pods(api: kube.KubeApi, topology: Topology) -> str:

@@ -228,7 +228,6 @@ class Reconciler:
 
     def _stop_worker(self, node: str) -> None:
         worker = self.workers.pop(node)
-        self._desired.pop(node, None)
         if worker.task is not None:
             worker.task.cancel()
         self.limits.forget(node)

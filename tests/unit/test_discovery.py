@@ -284,3 +284,16 @@ def test_daemon_addresses_in_both_ig_forms_are_parsed(raw: str, target: str, is_
 def test_malformed_daemon_addresses_are_refused_with_the_reason(raw: str, why: str) -> None:
     with pytest.raises(ValueError, match=why):
         parse_address(raw)
+
+
+def test_the_start_up_node_list_is_one_change_for_every_node_that_differs() -> None:
+    changes: list[set[str]] = []
+    topology = Topology(DiscoverySettings(mode=DiscoveryMode.STATIC, static_nodes={"a": "unix:///a", "b": "unix:///b"}))
+    topology.on_change = changes.append
+    topology.apply_node("ADDED", {"metadata": {"name": "gone", "labels": {}}})
+    changes.clear()
+
+    topology.replace_nodes([{"metadata": {"name": "a", "labels": {"x": "1"}}}, {"metadata": {"name": "b"}}])
+
+    assert changes == [{"a", "b", "gone"}]
+    assert set(topology.ready_nodes()) == {"a", "b"}
