@@ -124,6 +124,13 @@ def validate_all(objects: Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]
     return custom
 
 
+def mounts_and_volumes(deployment: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The operator container's volume mounts and the pod's volumes, each by name."""
+    pod = deployment["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    return {m["name"]: m for m in container["volumeMounts"]}, {v["name"]: v for v in pod["volumes"]}
+
+
 def containers_env(deployment: Mapping[str, Any]) -> dict[str, str]:
     (container,) = deployment["spec"]["template"]["spec"]["containers"]
     env = {}

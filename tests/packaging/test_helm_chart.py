@@ -19,6 +19,7 @@ from tests.packaging.conftest import (
     ROOT,
     containers_env,
     find,
+    mounts_and_volumes,
     one,
     run,
     run_failing,
@@ -137,10 +138,7 @@ def test_no_peering_without_replicas_or_request(chart_default: list[dict[str, An
 def test_static_discovery_with_tls(chart_custom: list[dict[str, Any]]) -> None:
     deployment = one(chart_custom, "Deployment")
     env = containers_env(deployment)
-    pod = deployment["spec"]["template"]["spec"]
-    (container,) = pod["containers"]
-    mounts = {m["name"]: m for m in container["volumeMounts"]}
-    volumes = {v["name"]: v for v in pod["volumes"]}
+    mounts, volumes = mounts_and_volumes(deployment)
 
     assert env["GADGET_OPERATOR_DISCOVERY"] == "static"
     assert env["GADGET_OPERATOR_STATIC_NODES"] == "/etc/gadget-operator/nodes.yaml"

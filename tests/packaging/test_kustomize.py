@@ -6,7 +6,16 @@ from typing import Any
 
 import yaml
 
-from tests.packaging.conftest import NAMESPACE, OVERLAY, ROOT, containers_env, find, one, validate_all
+from tests.packaging.conftest import (
+    NAMESPACE,
+    OVERLAY,
+    ROOT,
+    containers_env,
+    find,
+    mounts_and_volumes,
+    one,
+    validate_all,
+)
 
 
 def test_base_renders_valid_objects(base: list[dict[str, Any]]) -> None:
@@ -85,10 +94,7 @@ def test_overlay_drops_the_daemon_pods_access(overlay: list[dict[str, Any]]) -> 
 def test_overlay_static_discovery_from_the_config_map(overlay: list[dict[str, Any]]) -> None:
     deployment = one(overlay, "Deployment")
     env = containers_env(deployment)
-    pod = deployment["spec"]["template"]["spec"]
-    (container,) = pod["containers"]
-    mounts = {m["name"]: m for m in container["volumeMounts"]}
-    volumes = {v["name"]: v for v in pod["volumes"]}
+    mounts, volumes = mounts_and_volumes(deployment)
 
     assert env["GADGET_OPERATOR_DISCOVERY"] == "static"
     assert env["GADGET_OPERATOR_STATIC_NODES"] == "/etc/gadget-operator/nodes.yaml"
@@ -110,10 +116,7 @@ def test_overlay_static_discovery_from_the_config_map(overlay: list[dict[str, An
 def test_overlay_mutual_tls_from_the_secret(overlay: list[dict[str, Any]]) -> None:
     deployment = one(overlay, "Deployment")
     env = containers_env(deployment)
-    pod = deployment["spec"]["template"]["spec"]
-    (container,) = pod["containers"]
-    mounts = {m["name"]: m for m in container["volumeMounts"]}
-    volumes = {v["name"]: v for v in pod["volumes"]}
+    mounts, volumes = mounts_and_volumes(deployment)
 
     assert volumes["daemon-tls"]["secret"]["secretName"] == "gadget-operator-daemon-tls"
     assert mounts["daemon-tls"] == {"name": "daemon-tls", "mountPath": "/etc/gadget-operator/tls", "readOnly": True}
@@ -122,7 +125,8 @@ def test_overlay_mutual_tls_from_the_secret(overlay: list[dict[str, Any]]) -> No
     assert env["GADGET_OPERATOR_TLS_CA"] == "/etc/gadget-operator/tls/ca.crt"
     # The key is mode 0440: readable by the operator through the pod's fsGroup.
     assert volumes["daemon-tls"]["secret"]["defaultMode"] == 0o440
-    assert pod["securityContext"]["fsGroup"] == pod["securityContext"]["runAsGroup"]
+    pod_security = deployment["spec"]["template"]["spec"]["securityContext"]
+    assert pod_security["fsGroup"] == pod_security["runAsGroup"]
 
 
 def test_overlay_keeps_the_rest_of_the_base(base: list[dict[str, Any]], overlay: list[dict[str, Any]]) -> None:
