@@ -21,10 +21,12 @@ import yaml
 from gadget_operator import __version__
 from gadget_operator.daemon.address import parse_address
 from gadget_operator.settings import (
+    DaemonStore,
     DaemonTransport,
     DiscoveryMode,
     DiscoverySettings,
     ExecutorSettings,
+    LivenessSettings,
     Settings,
     TLSSettings,
 )
@@ -82,6 +84,13 @@ def main() -> None:
     show_default=True,
     help="pods discovery: through the API server's port-forward (stock IG) or straight to the pod IP.",
 )
+@click.option(
+    "--daemon-store",
+    type=click.Choice([store.value for store in DaemonStore]),
+    default=None,
+    help="Where the daemons keep instances: shared (IG's DaemonSet: one ConfigMap store for the cluster) or "
+    "per-node (standalone ig daemon). Default: shared with --discovery pods, per-node with static.",
+)
 @click.option("--static-nodes", type=click.Path(dir_okay=False), help="YAML map of node name to daemon address.")
 @click.option("--tls-cert", type=click.Path(exists=True, dir_okay=False), help="Client certificate (mutual TLS).")
 @click.option("--tls-key", type=click.Path(exists=True, dir_okay=False), help="Client key (mutual TLS).")
@@ -89,8 +98,64 @@ def main() -> None:
 @click.option("--tls-server-name", default=None, help="Name expected in the daemons' certificates.")
 @click.option("--resync-interval", default=30.0, show_default=True, type=click.FloatRange(min=1))
 @click.option("--rpc-timeout", default=5.0, show_default=True, type=click.FloatRange(min=0.1))
+@click.option(
+    "--readiness-timeout",
+    default=2.0,
+    show_default=True,
+    type=click.FloatRange(min=0.1),
+    help="Deadline of one readiness probe (IG answers once the gadget has initialized); retried while it starts.",
+)
+@click.option(
+    "--validate-timeout",
+    default=60.0,
+    show_default=True,
+    type=click.FloatRange(min=0.1),
+    help="Deadline of the dry run that checks a new spec's image and parameters (it pulls the image).",
+)
 @click.option("--max-concurrency", default=64, show_default=True, type=click.IntRange(min=1))
 @click.option("--node-concurrency", default=8, show_default=True, type=click.IntRange(min=1))
+@click.option(
+    "--max-tunnels",
+    default=1024,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="port-forward: most tunnels open at once; beyond it the least recently used idle one is closed.",
+)
+@click.option(
+    "--tunnel-idle-timeout",
+    default=60.0,
+    show_default=True,
+    type=click.FloatRange(min=0.1),
+    help="port-forward: seconds without a call before a daemon's tunnel is closed (reopened on the next call).",
+)
+@click.option(
+    "--tunnel-connect-timeout",
+    default=10.0,
+    show_default=True,
+    type=click.FloatRange(min=0.1),
+    help="port-forward: deadline of a tunnel's handshake, and of the wait for a free tunnel.",
+)
+@click.option(
+    "--heartbeat-interval",
+    default=10.0,
+    show_default=True,
+    type=click.FloatRange(min=0.1),
+    help="Seconds between the liveness heartbeats (GET /version through the operator's API session).",
+)
+@click.option(
+    "--max-heartbeat-age",
+    default=120.0,
+    show_default=True,
+    type=click.FloatRange(min=0.1),
+    help="The liveness probe fails when the last successful heartbeat is older than this (seconds).",
+)
+@click.option(
+    "--max-loop-lag",
+    default=30.0,
+    show_default=True,
+    type=click.FloatRange(min=0.1),
+    help="The liveness probe fails when the event loop lags more than this (seconds).",
+)
 @click.option("--kube-server", default=None, help="API server URL (tests, the demo); else in-cluster/kubeconfig.")
 @click.option("--log-format", type=click.Choice(["plain", "json"]), default="plain", show_default=True)
 @click.option("--verbose", "-v", is_flag=True, help="Debug logging.")
@@ -107,6 +172,7 @@ def run(
     daemon_selector: str,
     daemon_port: int,
     daemon_transport: str,
+    daemon_store: str | None,
     static_nodes: str | None,
     tls_cert: str | None,
     tls_key: str | None,
@@ -114,8 +180,16 @@ def run(
     tls_server_name: str | None,
     resync_interval: float,
     rpc_timeout: float,
+    readiness_timeout: float,
+    validate_timeout: float,
     max_concurrency: int,
     node_concurrency: int,
+    max_tunnels: int,
+    tunnel_idle_timeout: float,
+    tunnel_connect_timeout: float,
+    heartbeat_interval: float,
+    max_heartbeat_age: float,
+    max_loop_lag: float,
     kube_server: str | None,
     log_format: str,
     verbose: bool,
@@ -142,15 +216,22 @@ def run(
             transport=DaemonTransport(daemon_transport),
             static_nodes=load_static_nodes(static_nodes) if mode is DiscoveryMode.STATIC and static_nodes else {},
             tls=TLSSettings(tls_cert, tls_key, tls_ca, tls_server_name),
+            max_tunnels=max_tunnels,
+            tunnel_idle_timeout=tunnel_idle_timeout,
+            tunnel_connect_timeout=tunnel_connect_timeout,
+            store=DaemonStore(daemon_store) if daemon_store else None,
         ),
         executor=ExecutorSettings(
             rpc_timeout=rpc_timeout,
+            readiness_timeout=readiness_timeout,
+            validate_timeout=validate_timeout,
             max_concurrency=max_concurrency,
             node_concurrency=node_concurrency,
             resync_interval=resync_interval,
         ),
         kube_server=kube_server,
         metrics_port=metrics_port,
+        liveness=LivenessSettings(heartbeat_interval, max_heartbeat_age, max_loop_lag),
     )
     configure_logging(log_format, verbose)
     asyncio.run(

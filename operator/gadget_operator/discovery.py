@@ -12,7 +12,6 @@ then it gets no instances and none are removed from it: a restarted operator mus
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -125,29 +124,29 @@ async def list_daemon_pods(api: kube.KubeApi, topology: Topology) -> str:
     """Replace the endpoints with the running daemon pods; returns the list's resourceVersion."""
     settings = topology.settings
     pods, resource_version = await api.list_pods(settings.daemon_namespace, settings.daemon_selector)
+    replace_daemon_pods(topology, pods)
+    return resource_version
+
+
+def replace_daemon_pods(topology: Topology, pods: Iterable[Mapping[str, Any]]) -> None:
     listed: dict[str, str] = {}
     owners: dict[str, str] = {}
     for pod in pods:
-        node, address = pod_endpoint(pod, settings)
+        node, address = pod_endpoint(pod, topology.settings)
         if node is not None and address is not None:
             listed[node] = address
             owners[node] = str(pod["metadata"].get("uid", ""))
     topology.replace_endpoints(listed, owners)
-    return resource_version
 
 
 async def watch_daemon_pods(api: kube.KubeApi, topology: Topology, *, retry_delay: float = 2.0) -> None:
     """Keep ``topology.endpoints`` equal to the running daemon pods, forever (cancel to stop)."""
     settings = topology.settings
-    while True:
-        try:
-            resource_version = await list_daemon_pods(api, topology)
-            async for event_type, pod in api.watch_pods(
-                settings.daemon_namespace, settings.daemon_selector, resource_version
-            ):
-                topology.apply_pod(event_type, pod)
-        except asyncio.CancelledError:
-            raise
-        except Exception as error:  # the watch must survive any API hiccup; it relists after a pause
-            logger.warning("watching daemon pods in %s failed: %s", settings.daemon_namespace, error)
-        await asyncio.sleep(retry_delay)
+    await kube.list_and_watch(
+        f"daemon pods in {settings.daemon_namespace}",
+        lambda: api.list_pods(settings.daemon_namespace, settings.daemon_selector),
+        lambda version: api.watch_pods(settings.daemon_namespace, settings.daemon_selector, version),
+        on_list=lambda pods: replace_daemon_pods(topology, pods),
+        on_event=topology.apply_pod,
+        retry_delay=retry_delay,
+    )

@@ -117,7 +117,7 @@ async def execute(
         result.created += 1
         result.outcomes[uid] = outcome_of(created)
 
-    await _each(plan.creates, create, limits.per_node)
+    await each(plan.creates, create, limits.per_node)
 
     async def remove(removal: planner.Removal) -> None:
         if removal.after_create is not None and removal.after_create not in actual:
@@ -147,11 +147,11 @@ async def execute(
         result.removed += 1
 
     if result.unreachable is None:
-        await _each(plan.removals, remove, limits.per_node)
+        await each(plan.removals, remove, limits.per_node)
     return result
 
 
-async def _each(items: Sequence[X], action: Callable[[X], Awaitable[None]], width: int) -> None:
+async def each(items: Sequence[X], action: Callable[[X], Awaitable[None]], width: int) -> None:
     """``action`` on every item, ``width`` at a time: a few workers pull the items, so a plan of
     thousands of calls holds a few coroutines, not one per call."""
     pending = iter(items)

@@ -22,6 +22,7 @@ import kopf
 from gadget_operator import discovery, kube, metrics, resource
 from gadget_operator.daemon.client import DaemonPool
 from gadget_operator.daemon.portforward import PortForwarder
+from gadget_operator.liveness import Liveness, Unhealthy
 from gadget_operator.reconciler import Reconciler
 from gadget_operator.settings import DiscoveryMode, Settings
 
@@ -67,6 +68,19 @@ def build_registry(settings: Settings) -> kopf.OperatorRegistry:
     async def nodes_probe(memo: kopf.Memo, **_: Any) -> int:
         return len(memo.runtime.reconciler.workers)
 
+    # A probe that raises fails kopf's whole /healthz (HTTP 500): the operator cannot make progress.
+    @kopf.on.probe(id="progress", registry=registry, errors=kopf.ErrorsMode.PERMANENT)
+    async def progress_probe(memo: kopf.Memo, **_: Any) -> dict[str, Any]:
+        runtime: Runtime | None = getattr(memo, "runtime", None)
+        if runtime is None:
+            return {"starting": True}
+        try:
+            checked: dict[str, Any] = runtime.liveness.check()
+        except Unhealthy as error:
+            raise kopf.PermanentError(str(error)) from None
+        forwarder = runtime.pool.forwarder
+        return checked | ({"tunnels": forwarder.stats()} if forwarder is not None else {})
+
     return registry
 
 
@@ -89,6 +103,7 @@ class Runtime:
         self.topology = discovery.Topology(settings.discovery)
         self.reconciler = Reconciler(settings=settings, api=api, pool=pool, topology=self.topology)
         self.tasks: list[asyncio.Task[None]] = []
+        self.liveness = Liveness(api.version, settings.liveness)
 
     @classmethod
     async def start(cls, settings: Settings) -> Runtime:
@@ -96,9 +111,15 @@ class Runtime:
         pool = DaemonPool(
             tls=settings.discovery.tls,
             timeout=settings.executor.rpc_timeout,
-            forwarder=PortForwarder(api.open_portforward),
+            forwarder=PortForwarder(
+                api.open_portforward,
+                max_tunnels=settings.discovery.max_tunnels,
+                idle_timeout=settings.discovery.tunnel_idle_timeout,
+                connect_timeout=settings.discovery.tunnel_connect_timeout,
+            ),
         )
         runtime = cls(settings, api, pool)
+        runtime.liveness.start()
         # The whole topology is known before the reconciler starts and before kopf delivers the first
         # GadgetInstance: a deletion found at startup must wait for every node that exists.
         await discovery.list_nodes(api, runtime.topology)
@@ -114,6 +135,7 @@ class Runtime:
         for task in self.tasks:
             task.cancel()
         await asyncio.gather(*self.tasks, return_exceptions=True)
+        await self.liveness.stop()
         await self.reconciler.stop()
         await self.pool.close()
         await self.api.close()

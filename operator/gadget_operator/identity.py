@@ -68,6 +68,17 @@ def instance_name(resource_name: str, derived_id: str) -> str:
     return validate_instance_name(f"{prefix}-{suffix}" if prefix else suffix)
 
 
+SHARED_NODE = "*"
+"""The node tag of an instance in IG's shared store: it runs on the nodes its ``nodes`` names (or all)."""
+
+
+def node_set_key(nodes: Iterable[str] | None) -> str:
+    """Stands for a node set in a shared-store instance's ID: a new set is a new instance."""
+    if nodes is None:
+        return SHARED_NODE
+    return SHARED_NODE + hashlib.sha256(",".join(sorted(nodes)).encode()).hexdigest()[:16]
+
+
 @dataclass(frozen=True, slots=True)
 class Ownership:
     """What an instance's tags say about which resource, node and spec it was made for."""

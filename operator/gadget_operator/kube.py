@@ -11,8 +11,10 @@ call                                     resource                    verb
 ``get_gadget_instance``                  gadgetinstances             get
 ``node_exists`` / ``list_nodes``         nodes                       get, list
 ``list_pods`` / ``watch_pods``           pods (daemon namespace)     list, watch
+``list_config_maps`` / ``watch_config_maps`` configmaps (daemon ns)    list, watch (IG's shared store)
 ``post_event``                           events                      create
 ``open_portforward``                     pods/portforward            get, create (WebSocket)
+``version``                              /version (non-resource)     get (any user)
 =======================================  ==========================  ===================
 
 Finalizer patches are JSON patches guarded by a ``test`` of the current list, so a concurrent change
@@ -22,11 +24,12 @@ watch event.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import os
 import uuid
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -42,6 +45,10 @@ logger = logging.getLogger(__name__)
 
 COMPONENT = "gadget-operator"
 USER_AGENT = f"gadget-operator/{__version__}"
+
+
+WatchEvent = tuple[str, dict[str, Any]]
+"""(event type: ADDED, MODIFIED or DELETED; the object)."""
 
 
 class KubeApiError(Exception):
@@ -63,6 +70,25 @@ async def load_configuration(server: str | None) -> kclient.Configuration:
     return configuration
 
 
+async def _read_refusal(
+    request: aiohttp.ClientRequest, handler: Callable[[aiohttp.ClientRequest], Awaitable[aiohttp.ClientResponse]]
+) -> aiohttp.ClientResponse:
+    """Tunnel session middleware: a port-forward answered with an HTTP error raises ``TunnelRefused``
+    with the ``Status`` message (aiohttp's own handshake error drops the body)."""
+    response = await handler(request)
+    if response.status < 400:
+        return response
+    try:
+        payload = await response.read()
+        body = json.loads(payload) if payload else {}
+        message = str(body.get("message") or body) if isinstance(body, dict) else str(body)
+    except (ValueError, aiohttp.ClientError):
+        message = ""
+    finally:
+        response.release()
+    raise portforward.TunnelRefused(response.status, message or response.reason or "")
+
+
 class KubeApi:
     """The operator's own API calls, as plain JSON over one aiohttp session.
 
@@ -75,10 +101,15 @@ class KubeApi:
         self._configuration = configuration
         self._host = configuration.host.rstrip("/")
         ssl_context = RESTClientObject(configuration).ssl_context
+        self._ssl_context = ssl_context
         # trust_env=False: no proxy or netrc lookups per request; the API server is addressed directly.
         self._session = aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(ssl=ssl_context, limit=64), trust_env=False
         )
+        # Port-forward tunnels hold their connection for as long as gRPC keeps its own open: they get a
+        # session of their own (created on first use), so they can never take the connections of the
+        # calls above. Their number is bounded by the PortForwarder, not by this connector.
+        self._tunnel_session: aiohttp.ClientSession | None = None
 
     @classmethod
     async def connect(cls, server: str | None = None) -> KubeApi:
@@ -86,6 +117,8 @@ class KubeApi:
 
     async def close(self) -> None:
         await self._session.close()
+        if self._tunnel_session is not None:
+            await self._tunnel_session.close()
 
     async def _headers(self, content_type: str | None = None) -> dict[str, str]:
         headers = {"User-Agent": USER_AGENT, "Accept": "application/json"}
@@ -119,12 +152,38 @@ class KubeApi:
     def _gadget_instance_path(self, namespace: str, name: str) -> str:
         return f"/apis/{resource.GROUP}/{resource.VERSION}/namespaces/{namespace}/{resource.PLURAL}/{name}"
 
+    def _tunnels(self) -> aiohttp.ClientSession:
+        if self._tunnel_session is None:
+            self._tunnel_session = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(ssl=self._ssl_context, limit=0),
+                trust_env=False,
+                # No total deadline: a tunnel lives as long as its gRPC connection. The handshake's
+                # deadline is the PortForwarder's; a dead peer is found by the WebSocket heartbeat.
+                timeout=aiohttp.ClientTimeout(total=None),
+                middlewares=(_read_refusal,),
+            )
+        return self._tunnel_session
+
     async def open_portforward(self, namespace: str, pod: str, port: int) -> aiohttp.ClientWebSocketResponse:
-        """The WebSocket of ``pods/<pod>/portforward`` (what ``kubectl port-forward`` uses)."""
+        """The WebSocket of ``pods/<pod>/portforward`` (what ``kubectl port-forward`` uses).
+
+        An HTTP error instead of the WebSocket raises ``portforward.TunnelRefused`` with the status and
+        the message of the API server's ``Status`` body (e.g. the RBAC denial).
+        """
         url = f"{self._host}/api/v1/namespaces/{namespace}/pods/{pod}/portforward?ports={port}"
-        return await self._session.ws_connect(
-            url, headers=await self._headers(), protocols=(portforward.SUBPROTOCOL,), max_msg_size=0, heartbeat=30
+        return await self._tunnels().ws_connect(
+            url,
+            headers=await self._headers(),
+            protocols=(portforward.SUBPROTOCOL,),
+            max_msg_size=0,
+            heartbeat=30,
+            timeout=aiohttp.ClientWSTimeout(ws_close=5.0),
         )
+
+    async def version(self) -> dict[str, Any]:
+        """``GET /version``: the cheapest call there is, through the same session as every other call
+        (the liveness heartbeat: it fails when that session can make no progress)."""
+        return await self._call("GET", "/version")
 
     async def get_gadget_instance(self, namespace: str, name: str) -> dict[str, Any] | None:
         try:
@@ -182,22 +241,34 @@ class KubeApi:
         return list((await self._call("GET", "/api/v1/nodes")).get("items") or [])
 
     async def list_pods(self, namespace: str, selector: str) -> tuple[list[dict[str, Any]], str]:
-        body = await self._call("GET", f"/api/v1/namespaces/{namespace}/pods", params={"labelSelector": selector})
+        return await self._list(f"/api/v1/namespaces/{namespace}/pods", selector)
+
+    def watch_pods(self, namespace: str, selector: str, resource_version: str) -> AsyncIterator[WatchEvent]:
+        return self._watch(f"/api/v1/namespaces/{namespace}/pods", selector, resource_version)
+
+    async def list_config_maps(self, namespace: str, selector: str) -> tuple[list[dict[str, Any]], str]:
+        return await self._list(f"/api/v1/namespaces/{namespace}/configmaps", selector)
+
+    def watch_config_maps(self, namespace: str, selector: str, resource_version: str) -> AsyncIterator[WatchEvent]:
+        return self._watch(f"/api/v1/namespaces/{namespace}/configmaps", selector, resource_version)
+
+    async def _list(self, path: str, selector: str) -> tuple[list[dict[str, Any]], str]:
+        """Every object at ``path`` matching ``selector``, and the list's resourceVersion."""
+        body = await self._call("GET", path, params={"labelSelector": selector})
         return list(body.get("items") or []), str(body["metadata"].get("resourceVersion", ""))
 
-    async def watch_pods(
-        self, namespace: str, selector: str, resource_version: str
-    ) -> AsyncIterator[tuple[str, dict[str, Any]]]:
-        """Yield (event type, pod) after ``resource_version`` until the server ends the stream."""
+    async def _watch(self, path: str, selector: str, resource_version: str) -> AsyncIterator[WatchEvent]:
+        """Yield (event type, object) after ``resource_version`` until the server ends the stream."""
         params = {
             "labelSelector": selector,
             "watch": "true",
             "resourceVersion": resource_version,
             "timeoutSeconds": "300",
         }
-        url = f"{self._host}/api/v1/namespaces/{namespace}/pods"
         timeout = aiohttp.ClientTimeout(total=330)
-        async with self._session.get(url, params=params, headers=await self._headers(), timeout=timeout) as response:
+        async with self._session.get(
+            self._host + path, params=params, headers=await self._headers(), timeout=timeout
+        ) as response:
             if response.status >= 400:
                 body = await response.json(content_type=None)
                 raise KubeApiError(response.status, str(body.get("message", body)))
@@ -238,3 +309,32 @@ class KubeApi:
             "count": 1,
         }
         await self._call("POST", f"/api/v1/namespaces/{gi.namespace}/events", body=body)
+
+
+ListCall = Callable[[], Awaitable[tuple[list[dict[str, Any]], str]]]
+WatchCall = Callable[[str], AsyncIterator[WatchEvent]]
+
+
+async def list_and_watch(
+    what: str,
+    list_call: ListCall,
+    watch_call: WatchCall,
+    *,
+    on_list: Callable[[list[dict[str, Any]]], None],
+    on_event: Callable[[str, dict[str, Any]], None],
+    retry_delay: float = 2.0,
+) -> None:
+    """Keep a local view of a collection, forever (cancel to stop): list, hand over the full list, then
+    follow the watch from that list's resourceVersion; any failure (410 Gone included) relists after a
+    pause, so the view never misses a change for longer than that."""
+    while True:
+        try:
+            items, resource_version = await list_call()
+            on_list(items)
+            async for event_type, body in watch_call(resource_version):
+                on_event(event_type, body)
+        except asyncio.CancelledError:
+            raise
+        except Exception as error:  # the view must survive any API hiccup
+            logger.warning("watching %s failed, relisting: %s", what, error)
+        await asyncio.sleep(retry_delay)

@@ -29,12 +29,13 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
-from gadget_operator import errors, executor, identity, kube, metrics, planner, status
+from gadget_operator import errors, executor, identity, inventory, kube, metrics, planner, readiness, status, validation
 from gadget_operator.daemon import model
-from gadget_operator.daemon.client import DaemonPool
+from gadget_operator.daemon.client import DaemonClient, DaemonPool
 from gadget_operator.discovery import Topology
 from gadget_operator.resource import FINALIZER, GadgetInstanceResource, GadgetInstanceSpec
-from gadget_operator.settings import Settings
+from gadget_operator.settings import DaemonStore, Settings
+from gadget_operator.shared_store import STORE, SharedPlacement
 from gadget_operator.status import NodeOutcome, NodeState
 from gadget_operator.status_writer import Rendered, StatusWriter
 
@@ -42,6 +43,7 @@ logger = logging.getLogger(__name__)
 
 Clock = Callable[[], datetime]
 WARNING_PHASES = frozenset({"Degraded", "Failed"})
+CHECKING = "checking the gadget image and parameters with a dry run on a daemon"
 
 
 def utcnow() -> datetime:
@@ -61,7 +63,13 @@ class NodeWorker:
     """The daemon's instances by ID as of the last list and our own calls; None forces a list."""
     failures: int = 0
     verify_scheduled: bool = False
-    """A relist is already due (to read back the state of instances just created)."""
+    """A relist is already due (to read back the state of instances not proven yet)."""
+    recheck_delay: float = 0.0
+    """Wait before that relist: short at first (a gadget usually starts within a second), doubling
+    while instances stay unproven."""
+    proven: set[str] = field(default_factory=set)
+    """Instance IDs proven initialized on this node (``readiness``); cleared when the daemon may have
+    restarted (unreachable) or stops reporting them."""
     wake_event: asyncio.Event = field(default_factory=asyncio.Event)
     task: asyncio.Task[None] | None = None
 
@@ -84,6 +92,8 @@ class NodeWorker:
             except TimeoutError:
                 self.actual = None  # periodic drift check: trust only a fresh list
             self.wake_event.clear()
+            if self.failures:
+                self.proven.clear()  # an unreachable daemon may have restarted: prove everything again
             try:
                 with metrics.NODE_PASS_SECONDS.time():
                     await self.run_pass(self)
@@ -127,12 +137,22 @@ class Reconciler:
         self._desired: dict[str, dict[str, planner.DesiredInstance]] = {}
         self._topology_version = 0
         self._matching_cache: dict[str, tuple[tuple[int, str], list[str]]] = {}
+        self._shared_cache: dict[str, tuple[tuple[int, str], planner.DesiredInstance]] = {}
+        self.verdicts = validation.Verdicts()
+        """Dry-run results per (image, params): no instance of a spec is created before it passed."""
+        self._checking: set[str] = set()
+        self._check_failures: dict[str, int] = {}
+        self.shared = SharedPlacement(self) if settings.discovery.daemon_store is DaemonStore.SHARED else None
         topology.on_change = self.on_topology_change
 
     # -- lifecycle ---------------------------------------------------------------------------------
 
     def start(self) -> None:
         self._spawn(self.writer.run())
+        if self.shared is not None:
+            namespace = self.settings.discovery.daemon_namespace
+            self._spawn(inventory.follow(self.api, namespace, self.shared.inventory))
+            self._spawn(self.shared.run())
         self.on_topology_change(set(self.topology.ready_nodes()))
 
     async def stop(self) -> None:
@@ -171,6 +191,13 @@ class Reconciler:
         self.resources[uid] = gi
         if gi.deleting and gi.has_finalizer and uid not in self.cleanup:
             self._update_desired(gi)
+            if self.shared is not None:
+                # The store is cluster-wide: cleaning it is one place, not one per node.
+                self.cleanup[uid] = {STORE}
+                self.outcomes.pop(uid, None)
+                self.writer.mark(uid)
+                self.shared.wake()
+                return
             self.cleanup[uid] = set(self.topology.ready_nodes())
             self.writer.mark(uid)
             self._wake(self.cleanup[uid])
@@ -178,21 +205,27 @@ class Reconciler:
                 await self._finish_cleanup(uid)
             return
         if previous is None or _wants_differ(previous, gi):
+            self._check_spec(gi)
             self._update_desired(gi)
             self.writer.mark(uid)
             self._wake(self._nodes_touched(previous, gi))
+            if self.shared is not None:
+                self.shared.wake()
         elif previous.status != gi.status:
             # Someone else (or our own write) changed the status: re-check it, do not re-plan.
             self.writer.mark(uid)
 
     def on_topology_change(self, nodes: set[str]) -> None:
         self._topology_version += 1
+        if self.shared is not None:
+            self._desired.clear()  # a node's labels change the node set of every resource's instance
+            self.shared.wake()
         for node in nodes:
             self._desired.pop(node, None)  # its labels may have changed
         ready = self.topology.ready_nodes()
         metrics.READY_NODES.set(len(ready))
         for node in nodes:
-            if node in ready:
+            if node in ready and self.shared is None:
                 for pending in self.cleanup.values():
                     pending.add(node)  # a node that (re)appears mid-deletion must be cleaned too
             worker = self.workers.get(node)
@@ -203,8 +236,9 @@ class Reconciler:
             elif node not in ready and worker is not None:
                 self._stop_worker(node)
         self._spawn(self._drop_unused_clients())
-        for uid in self.resources:
-            self.writer.mark(uid)
+        for gi in self.resources.values():
+            self._check_spec(gi)  # a check that waited for a reachable daemon
+            self.writer.mark(gi.uid)
 
     async def _drop_unused_clients(self) -> None:
         """Close channels (and port-forward listeners) of endpoints that are gone or replaced."""
@@ -238,10 +272,13 @@ class Reconciler:
             self._node_clean(uid, node)
 
     def _wake(self, nodes: set[str]) -> None:
+        self.wake_nodes(nodes)
+
+    def wake_nodes(self, nodes: set[str], *, relist: bool = False) -> None:
         for node in nodes:
             worker = self.workers.get(node)
             if worker is not None:
-                worker.wake()
+                worker.wake(relist=relist)
 
     def wake_all(self, *, relist: bool = True) -> None:
         """Resync every node now (the "resync" intent)."""
@@ -252,7 +289,7 @@ class Reconciler:
         desired = self._desired.get(node)
         if desired is None:
             desired = self._desired[node] = {
-                uid: planner.desired_instance(gi, node) for uid, gi in self.resources.items() if self._targets(gi, node)
+                uid: self._desired_for(gi, node) for uid, gi in self.resources.items() if self._targets(gi, node)
             }
         return list(desired.values())
 
@@ -260,7 +297,7 @@ class Reconciler:
         """What ``gi`` wants changed: update it in every node's desired instances."""
         for node, desired in self._desired.items():
             if self._targets(gi, node):
-                desired[gi.uid] = planner.desired_instance(gi, node)
+                desired[gi.uid] = self._desired_for(gi, node)
             else:
                 desired.pop(gi.uid, None)
 
@@ -276,13 +313,17 @@ class Reconciler:
         return matching
 
     async def sync_node(self, worker: NodeWorker) -> None:
-        """One pass over one node: list if needed, plan, execute, record outcomes."""
+        """One pass over one node: find out what its daemon runs, make it match (per-node store) or
+        just observe it (shared store, placed by ``SharedPlacement``), prove readiness, record."""
         node = worker.node
         address = self.topology.endpoints.get(node)
         if address is None:
             return
         desired = self.desired_on(node)
         client = self.pool.get(address)
+        if self.shared is not None:
+            await self._observe_shared(worker, client, desired)
+            return
         if worker.actual is None:
             try:
                 listed = await client.list_instances()
@@ -298,9 +339,10 @@ class Reconciler:
             worker.actual.values(),
             known_resources=self.resources.keys(),
             known_nodes=self.topology.labels.keys(),
+            held=self.held_resources(),
         )
         result = await executor.execute(
-            plan, client, worker.actual, limits=self.limits, owner_gone=self._owner_gone, node_gone=self._node_gone
+            plan, client, worker.actual, limits=self.limits, owner_gone=self.owner_gone, node_gone=self._node_gone
         )
         metrics.INSTANCES_CREATED.inc(result.created)
         metrics.INSTANCES_REMOVED.inc(result.removed)
@@ -310,6 +352,8 @@ class Reconciler:
             worker.actual = None
         else:
             worker.failures = 0
+        if result.unreachable is None and worker.actual is not None:
+            await self._judge(worker, client, desired, worker.actual, result.outcomes)
         self._record(node, desired, result.outcomes)
         if result.unreachable is None:
             await self._check_cleanup(node, worker.actual or {})
@@ -317,11 +361,93 @@ class Reconciler:
             for uid, pending in self.cleanup.items():
                 if node in pending:
                     self._set_outcome(uid, node, NodeOutcome(node, NodeState.UNREACHABLE, "", result.unreachable))
-        if result.created and not worker.verify_scheduled:
-            # Daemons report a bad image or parameter only after Create succeeded: read the state back
-            # once, a little later, for every burst of creates on this node.
-            worker.verify_scheduled = True
-            asyncio.get_running_loop().call_later(self.settings.executor.verify_delay, self._verify, worker)
+
+    async def _observe_shared(
+        self, worker: NodeWorker, client: DaemonClient, desired: list[planner.DesiredInstance]
+    ) -> None:
+        assert self.shared is not None
+        node = worker.node
+        try:
+            reported = await self.shared.observe_node(worker, client)
+        except errors.DaemonUnreachable as error:
+            self._record_unreachable(node, desired, error)
+            metrics.NODE_PASSES.labels(result="unreachable").inc()
+            worker.failures += 1
+            return
+        worker.failures = 0
+        metrics.NODE_PASSES.labels(result="ok").inc()
+        stored = self.shared.inventory.instances
+        outcomes: dict[str, executor.InstanceOutcome] = {}
+        for wanted in desired:
+            instance_id = wanted.instance.id
+            if instance_id not in stored:
+                outcomes[wanted.owner.resource_uid] = executor.InstanceOutcome(
+                    NodeState.PENDING, instance_id, "not yet written to the store"
+                )
+            elif (instance := reported.get(instance_id)) is not None:
+                outcomes[wanted.owner.resource_uid] = executor.outcome_of(instance)
+            else:
+                outcomes[wanted.owner.resource_uid] = executor.InstanceOutcome(
+                    NodeState.PENDING, instance_id, readiness.NOT_STARTED
+                )
+        await self._judge(worker, client, desired, reported, outcomes)
+        self._record(node, desired, outcomes)
+
+    async def _judge(
+        self,
+        worker: NodeWorker,
+        client: DaemonClient,
+        desired: list[planner.DesiredInstance],
+        reported: dict[str, model.GadgetInstance],
+        outcomes: dict[str, executor.InstanceOutcome],
+    ) -> None:
+        """Readiness on evidence: probe the desired instances the daemon reports but nobody has proven
+        yet, and turn "the daemon says Running" into Running only for proven ones."""
+        worker.proven &= reported.keys()  # an instance the daemon lost must be proven again
+        to_probe = [
+            wanted
+            for wanted in desired
+            if (instance := reported.get(wanted.instance.id)) is not None
+            and readiness.needs_probe(instance, worker.proven)
+        ]
+        probes: dict[str, readiness.ProbeResult] = {}
+        node_limit = self.limits.node(worker.node)
+        timeout = self.settings.executor.readiness_timeout
+
+        async def probe(wanted: planner.DesiredInstance) -> None:
+            async with self.limits.total, node_limit:
+                result = await readiness.probe(client, wanted.instance.id, deadline=timeout)
+            probes[wanted.instance.id] = result
+            if result.evidence is readiness.Evidence.PROVEN:
+                worker.proven.add(wanted.instance.id)
+
+        await executor.each(to_probe, probe, self.limits.per_node)
+        unsettled = False
+        for wanted in desired:
+            uid, instance_id = wanted.owner.resource_uid, wanted.instance.id
+            outcome = outcomes.get(uid)
+            if outcome is None or outcome.instance_id != instance_id or outcome.state is not NodeState.RUNNING:
+                unsettled |= outcome is not None and outcome.state is NodeState.PENDING
+                continue
+            verdict = readiness.judge(
+                reported.get(instance_id), proven=instance_id in worker.proven, probed=probes.get(instance_id)
+            )
+            outcomes[uid] = executor.InstanceOutcome(verdict.state, instance_id, verdict.message)
+            unsettled |= verdict.state is NodeState.PENDING
+        if unsettled:
+            self._recheck(worker)
+        else:
+            worker.recheck_delay = 0.0
+
+    def _recheck(self, worker: NodeWorker) -> None:
+        """Look at the node again soon: a gadget still starting, or an error IG reports only after
+        Create succeeded (an image that cannot be pulled)."""
+        if worker.verify_scheduled:
+            return
+        worker.verify_scheduled = True
+        limit = self.settings.executor.verify_delay
+        worker.recheck_delay = min(max(worker.recheck_delay * 2, limit / 32), limit)
+        asyncio.get_running_loop().call_later(worker.recheck_delay, self._verify, worker)
 
     @staticmethod
     def _verify(worker: NodeWorker) -> None:
@@ -396,13 +522,21 @@ class Reconciler:
                 gi.status,
                 settled=not outcomes,
             )
-        settled = not any(_stale(outcomes.get(node), identity.instance_id(uid, node, spec.digest)) for node in matching)
+        verdict = self.verdicts.get(spec)
+        if verdict is not None and not verdict.accepted:
+            message = f"the gadget rejected this spec (dry run on node {verdict.node}): {verdict.message}"
+            return Rendered(lambda: status.compute_status(observed(), rejected=message), gi.status, settled=True)
+        checking = verdict is None
+        expected = {node: self.expected_instance_id(gi, spec, node) for node in matching}
+        settled = not checking and not any(_unsettled(outcomes.get(node), expected[node]) for node in matching)
 
         def running_status() -> dict[str, Any]:
             current: dict[str, NodeOutcome] = {}
             for node in matching:
                 outcome = outcomes.get(node)
-                if outcome is None or _stale(outcome, identity.instance_id(uid, node, spec.digest)):
+                if checking:
+                    outcome = NodeOutcome(node, NodeState.PENDING, message=CHECKING)
+                elif outcome is None or _stale(outcome, expected[node]):
                     outcome = NodeOutcome(node, NodeState.PENDING, message="not yet created on this node")
                 current[node] = outcome
             desired_nodes = list(matching)
@@ -497,7 +631,7 @@ class Reconciler:
             # Gone without our cleanup (finalizer removed by hand): sweep its orphans now.
             self.wake_all()
 
-    async def _owner_gone(self, owner: identity.Ownership) -> bool:
+    async def owner_gone(self, owner: identity.Ownership) -> bool:
         if owner.resource_uid in self.resources:
             return False
         namespace, _, name = owner.resource.partition("/")
@@ -544,7 +678,146 @@ class Reconciler:
         return nodes
 
     def _targets(self, gi: GadgetInstanceResource, node: str) -> bool:
-        return gi.active and gi.spec is not None and gi.spec.targets(node, self.topology.labels.get(node, {}))
+        spec = gi.spec
+        return (
+            gi.active
+            and spec is not None
+            and spec.targets(node, self.topology.labels.get(node, {}))
+            and self._accepted(spec)
+        )
+
+    # -- where instances go, per store -------------------------------------------------------------
+
+    def _desired_for(self, gi: GadgetInstanceResource, node: str) -> planner.DesiredInstance:
+        if self.shared is None:
+            return planner.desired_instance(gi, node)
+        desired = self.shared_desired(gi.uid)
+        assert desired is not None, "targets() implies an active resource"
+        return desired
+
+    def shared_desired(self, uid: str) -> planner.DesiredInstance | None:
+        """The one stored instance a resource wants in a shared store (None: it wants none); cached
+        per topology and resource version, since its node set is computed from every Node's labels."""
+        gi = self.resources.get(uid)
+        if gi is None or not gi.active or gi.spec is None or not self._accepted(gi.spec):
+            return None
+        key = (self._topology_version, gi.resource_version)
+        cached = self._shared_cache.get(uid)
+        if cached is not None and cached[0] == key:
+            return cached[1]
+        spec = gi.spec
+        nodes: frozenset[str] | None = None
+        if not spec.targets_every_node:
+            # Every Node the spec selects, with a daemon or not: a daemon pod coming or going then
+            # changes nothing, and IG starts the instance on that node when its daemon is up.
+            nodes = frozenset(node for node, labels in self.topology.labels.items() if spec.targets(node, labels))
+        desired = planner.desired_shared_instance(gi, nodes)
+        self._shared_cache[uid] = (key, desired)
+        return desired
+
+    def expected_instance_id(self, gi: GadgetInstanceResource, spec: GadgetInstanceSpec, node: str) -> str:
+        """The ID of the instance that should run ``gi``'s current spec on ``node``."""
+        if self.shared is None:
+            return identity.instance_id(gi.uid, node, spec.digest)
+        desired = self.shared_desired(gi.uid)
+        return desired.instance.id if desired is not None else ""
+
+    def held_resources(self) -> set[str]:
+        """Resources whose instances stay as they are: their spec awaits its dry run or was rejected,
+        so what runs now is kept rather than replaced by nothing."""
+        return {
+            uid
+            for uid, gi in self.resources.items()
+            if gi.active and gi.spec is not None and not self._accepted(gi.spec)
+        }
+
+    def taken_over(self, node: str, instance_id: str) -> bool:
+        """Whether ``instance_id`` has settled on ``node`` (running, failed, or the node cannot be asked),
+        so that the instance it replaces may go."""
+        worker = self.workers.get(node)
+        if worker is None or worker.failures:
+            return True
+        if instance_id in worker.proven:
+            return True
+        return any(
+            o.instance_id == instance_id and o.state in (NodeState.FAILED, NodeState.UNREACHABLE)
+            for per_node in self.outcomes.values()
+            if (o := per_node.get(node)) is not None
+        )
+
+    def record_store_failure(self, uid: str, instance_id: str, nodes: set[str], message: str) -> None:
+        """A write to the shared store failed: every node it was for says why."""
+        state = NodeState.UNREACHABLE if uid in self.cleanup else NodeState.FAILED
+        for node in nodes:
+            self._set_outcome(uid, node, NodeOutcome(node, state, instance_id, message))
+
+    async def finish_shared_cleanups(self, holders: set[str]) -> None:
+        """Deletions whose resource has no instance left in the shared store are done."""
+        for uid in [uid for uid in self.cleanup if uid not in holders]:
+            self.cleanup[uid].discard(STORE)
+            self.outcomes.pop(uid, None)
+            if not self.cleanup[uid]:
+                await self._finish_cleanup(uid)
+
+    # -- the dry run before a spec's first instance ------------------------------------------------
+
+    def _accepted(self, spec: GadgetInstanceSpec) -> bool:
+        verdict = self.verdicts.get(spec)
+        return verdict is not None and verdict.accepted
+
+    def _check_spec(self, gi: GadgetInstanceResource) -> None:
+        """Start the dry run of ``gi``'s spec unless its verdict is known or being found."""
+        spec = gi.spec
+        if not gi.active or spec is None or self.verdicts.get(spec) is not None:
+            return
+        key = validation.check_key(spec)
+        if key in self._checking or not self.topology.ready_nodes():
+            return  # running already, or waiting for a daemon (a topology change retries)
+        self._checking.add(key)
+        self._spawn(self._run_check(spec, key))
+
+    async def _run_check(self, spec: GadgetInstanceSpec, key: str) -> None:
+        try:
+            verdict = await self._dry_run(spec)
+        finally:
+            self._checking.discard(key)
+        if verdict is None:
+            failures = self._check_failures[key] = self._check_failures.get(key, 0) + 1
+            config = self.settings.executor
+            delay = min(config.backoff_initial * 2.0 ** (failures - 1), config.backoff_max)
+            asyncio.get_running_loop().call_later(delay, self._recheck_specs)
+            return
+        self._check_failures.pop(key, None)
+        self.verdicts.put(spec, verdict)
+        if not verdict.accepted:
+            logger.warning("the gadget rejected %s with %s: %s", spec.image, dict(spec.params), verdict.message)
+        for gi in list(self.resources.values()):
+            if gi.spec is not None and validation.check_key(gi.spec) == key:
+                self._update_desired(gi)
+                self.writer.mark(gi.uid)
+                self._wake({node for node in self.workers if self._targets(gi, node)})
+        if self.shared is not None:
+            self.shared.wake()
+
+    def _recheck_specs(self) -> None:
+        for gi in list(self.resources.values()):
+            self._check_spec(gi)
+
+    async def _dry_run(self, spec: GadgetInstanceSpec) -> validation.Verdict | None:
+        """The verdict of one reachable daemon, or None when none could be asked."""
+        ready = self.topology.ready_nodes()
+        healthy = [node for node in ready if not (w := self.workers.get(node)) or not w.failures]
+        for node in validation.dry_run_order(spec, healthy or ready)[:3]:
+            client = self.pool.get(ready[node])
+            try:
+                await client.get_gadget_info(spec.image, spec.params, deadline=self.settings.executor.validate_timeout)
+            except errors.DaemonUnreachable as error:
+                logger.info("dry run of %s on %s: %s; trying another daemon", spec.image, node, error)
+                continue
+            except errors.DaemonError as error:
+                return validation.Verdict(accepted=False, node=node, message=error.message)
+            return validation.Verdict(accepted=True, node=node)
+        return None
 
 
 def _older(candidate: str, current: str) -> bool:
@@ -566,6 +839,11 @@ def _wants_differ(before: GadgetInstanceResource, after: GadgetInstanceResource)
 
 def _with_finalizer(gi: GadgetInstanceResource) -> GadgetInstanceResource:
     return replace(gi, finalizers=(*gi.finalizers, FINALIZER))
+
+
+def _unsettled(outcome: NodeOutcome | None, expected_id: str) -> bool:
+    """Whether a node has yet to settle on the current spec (reported on it, and not still starting)."""
+    return _stale(outcome, expected_id) or outcome is None or outcome.state is NodeState.PENDING
 
 
 def _stale(outcome: NodeOutcome | None, expected_id: str) -> bool:

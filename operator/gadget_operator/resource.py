@@ -90,6 +90,11 @@ class GadgetInstanceSpec:
         """Whether this spec wants an instance on ``node`` (both the list and the selector must agree)."""
         return (self.nodes is None or node in self.nodes) and self.node_selector.matches(labels)
 
+    @property
+    def targets_every_node(self) -> bool:
+        """No node list and an empty selector: every node with a daemon, including ones that join later."""
+        return self.nodes is None and not self.node_selector.match_labels and not self.node_selector.match_expressions
+
     def daemon_payload(self) -> dict[str, object]:
         """What reaches the daemon; its hash names the instance, so only these fields restart it."""
         return {

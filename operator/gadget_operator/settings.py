@@ -35,6 +35,16 @@ class TLSSettings:
         return self.ca_file is not None
 
 
+class DaemonStore(enum.StrEnum):
+    """Where the daemons keep their instances (inspektor-gadget.md, "The two ways a daemon is deployed")."""
+
+    PER_NODE = "per-node"
+    """Standalone ``ig daemon``: each daemon has its own store and runs what it is given, locally."""
+    SHARED = "shared"
+    """IG's DaemonSet: one ConfigMap per instance in the daemon namespace, shared by the whole cluster;
+    every daemon runs the stored instances whose ``nodes`` is empty or names its node."""
+
+
 class DaemonTransport(enum.StrEnum):
     """How pods discovery reaches a daemon pod."""
 
@@ -57,6 +67,26 @@ class DiscoverySettings:
     static_nodes: Mapping[str, str] = field(default_factory=dict)
     """Node name to daemon address (``unix:///...`` or ``tcp://host:port``), for static discovery."""
     tls: TLSSettings = field(default_factory=TLSSettings)
+    max_tunnels: int = 1024
+    """Port-forward transport: most tunnels (API server WebSockets) open at once. Beyond it, the least
+    recently used tunnel of a daemon with no call in flight is closed to make room. Above the number of
+    daemon pods, so that drift checks cycling through the nodes do not reopen tunnels; each costs
+    about four file descriptors."""
+    tunnel_idle_timeout: float = 60.0
+    """Port-forward transport: seconds without a call after which a daemon's tunnel is closed (its gRPC
+    channel goes idle at half of it); the next call opens a new one."""
+    tunnel_connect_timeout: float = 10.0
+    """Port-forward transport: deadline of a tunnel's WebSocket handshake, and of the wait for a free
+    tunnel when all ``max_tunnels`` carry calls."""
+    store: DaemonStore | None = None
+    """The daemons' store; None picks by discovery: ``shared`` for pods (IG's DaemonSet), ``per-node``
+    for static (standalone ``ig daemon``)."""
+
+    @property
+    def daemon_store(self) -> DaemonStore:
+        if self.store is not None:
+            return self.store
+        return DaemonStore.SHARED if self.mode is DiscoveryMode.PODS else DaemonStore.PER_NODE
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,6 +102,13 @@ class ExecutorSettings:
     verify_delay: float = 2.0
     """Seconds after a create before the node is listed again to pick up errors the daemon reports late
     (an image that cannot be pulled shows up as an Error state after Create succeeded)."""
+    readiness_timeout: float = 2.0
+    """Deadline of one readiness probe (GetGadgetInfo on the running instance), in seconds. IG answers it
+    only once the gadget has initialized (image pulled, programs loaded); a probe that times out is
+    tried again later, so a slow image pull only delays Ready."""
+    validate_timeout: float = 60.0
+    """Deadline of the dry run (GetGadgetInfo with the image and parameters) that checks a new spec
+    before any instance of it is created; it pulls the image, so it gets more time than other calls."""
     backoff_initial: float = 1.0
     """First retry delay for a failing node, doubled per failure up to ``backoff_max``."""
     backoff_max: float = 60.0
@@ -89,6 +126,18 @@ class StatusSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class LivenessSettings:
+    """When kopf's liveness endpoint (``--liveness``) reports the operator as stuck (``liveness.py``)."""
+
+    heartbeat_interval: float = 10.0
+    """Seconds between heartbeats (``GET /version`` through the operator's API session); also their deadline."""
+    max_heartbeat_age: float = 120.0
+    """The probe fails when the last successful heartbeat is older than this many seconds."""
+    max_loop_lag: float = 30.0
+    """The probe fails when the event loop runs this many seconds late."""
+
+
+@dataclass(frozen=True, slots=True)
 class Settings:
     discovery: DiscoverySettings = field(default_factory=DiscoverySettings)
     executor: ExecutorSettings = field(default_factory=ExecutorSettings)
@@ -97,3 +146,4 @@ class Settings:
     """API server URL to use instead of in-cluster or kubeconfig credentials (the emulator, tests)."""
     metrics_port: int = 9090
     """Prometheus /metrics port; 0 disables it."""
+    liveness: LivenessSettings = field(default_factory=LivenessSettings)

@@ -78,6 +78,7 @@ def compute_status(
     desired_nodes: Iterable[str] = (),
     outcomes: Mapping[str, NodeOutcome] | None = None,
     spec_error: str | None = None,
+    rejected: str | None = None,
     suspended: bool = False,
     deleting: bool = False,
 ) -> dict[str, Any]:
@@ -99,6 +100,7 @@ def compute_status(
         broken=broken,
         cleaning=len(shown),
         spec_error=spec_error,
+        rejected=rejected,
         suspended=suspended,
         deleting=deleting,
     )
@@ -138,6 +140,7 @@ def _judge(
     broken: list[NodeOutcome],
     cleaning: int,
     spec_error: str | None,
+    rejected: str | None,
     suspended: bool,
     deleting: bool,
 ) -> tuple[Phase, str, list[Condition]]:
@@ -162,6 +165,8 @@ def _judge(
         )
     if spec_error is not None:
         return _settled(Phase.FAILED, "InvalidSpec", f"invalid spec: {spec_error}", ready=False, degraded=True)
+    if rejected is not None:
+        return _settled(Phase.FAILED, "GadgetRejected", rejected, ready=False, degraded=True)
     if suspended:
         return _settled(Phase.SUSPENDED, "Suspended", "suspended: no instances run", ready=True, degraded=False)
     if desired == 0:

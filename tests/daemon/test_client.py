@@ -36,7 +36,7 @@ async def test_every_instance_rpc_round_trips(client: DaemonClient) -> None:
     await client.remove_instance(wanted.id)
 
     assert created.id == wanted.id
-    assert created.status is model.InstanceStatus.RUNNING
+    assert created.status is model.InstanceStatus.INVALID  # IG echoes the request: no state of its own
     assert [i.id for i in listed] == [wanted.id]
     assert (fetched.name, fetched.image, dict(fetched.params), fetched.tags, fetched.nodes, fetched.log_level) == (
         wanted.name,
@@ -53,7 +53,7 @@ async def test_every_instance_rpc_round_trips(client: DaemonClient) -> None:
 async def test_get_gadget_info_lists_params_with_their_prefixes(client: DaemonClient) -> None:
     info = await client.get_gadget_info("trace_exec")
 
-    assert info.image == "ghcr.io/inspektor-gadget/gadget/trace_exec:latest"
+    assert info.image == "trace_exec"  # IG answers with the image name as asked for
     assert "operator.KubeManager.namespace" in {param.key for param in info.params}
 
 

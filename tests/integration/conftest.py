@@ -14,6 +14,7 @@ from kubernetes.aio import client as kclient
 from kubernetes.aio.client.exceptions import ApiException
 
 from gadget_operator.daemon.client import DaemonPool
+from gadget_operator.simulator.configmap_store import ConfigMapStore
 from gadget_operator.simulator.server import Fleet
 from gadget_operator.testing.kube_emulator import PORT_ANNOTATION_PREFIX, KubeEmulator
 from tests.integration.harness import (
@@ -31,6 +32,11 @@ from tests.integration.harness import (
 NODE_COUNT = 3
 
 
+STORES = ["per-node", "shared"]
+"""Every lifecycle test runs against both of IG's stores: standalone ``ig daemon``s (one store per
+node) and IG's DaemonSet (one ConfigMap store for the cluster, in the API server the test uses)."""
+
+
 @dataclass
 class Env:
     cluster: Cluster
@@ -38,13 +44,19 @@ class Env:
     operator: OperatorProcess
     emulator: KubeEmulator | None
     static_nodes: Path
+    store: str
+    store_args: tuple[str, ...] = ()
+
+    @property
+    def shared(self) -> bool:
+        return self.store == "shared"
 
     async def restart_operator(self, *extra: str, crash: bool = False) -> None:
         if crash:
             await self.operator.kill()
         else:
             await self.operator.stop()
-        self.operator = new_operator(self.cluster, self.static_nodes, *extra)
+        self.operator = new_operator(self.cluster, self.static_nodes, *self.store_args, *extra)
         await self.operator.start()
 
 
@@ -59,6 +71,10 @@ def new_operator(cluster: Cluster, static_nodes: Path, *extra: str) -> OperatorP
             "--resync-interval",
             "1",
             "--rpc-timeout",
+            "1",
+            "--validate-timeout",
+            "3",
+            "--readiness-timeout",
             "1",
             "--verbose",
             *extra,
@@ -105,17 +121,32 @@ async def cluster() -> AsyncIterator[tuple[Cluster, KubeEmulator | None]]:
         await emulator.stop()
 
 
-@pytest.fixture
-async def env(cluster: tuple[Cluster, KubeEmulator | None]) -> AsyncIterator[Env]:
+@pytest.fixture(params=STORES)
+async def env(request: pytest.FixtureRequest, cluster: tuple[Cluster, KubeEmulator | None]) -> AsyncIterator[Env]:
     test_cluster, emulator = cluster
+    store: str = request.param
     directory = Path(tempfile.mkdtemp(prefix="gi-"))
-    fleet = Fleet(directory, stored=False, unknown_images=["no_such_gadget"])
+    shared_store = None
+    store_args: tuple[str, ...] = ("--daemon-store", store)
+    if store == "shared":
+        # The test's namespace stands in for IG's `gadget` namespace: the store's ConfigMaps live there.
+        shared_store = ConfigMapStore(test_cluster.api, test_cluster.namespace)
+        store_args += ("--daemon-namespace", test_cluster.namespace)
+    fleet = Fleet(directory, stored=False, unknown_images=["no_such_gadget"], shared_store=shared_store)
     await fleet.start(NODE_COUNT, prefix=test_cluster.node_prefix)
     for name in fleet.nodes:
         await test_cluster.add_node(name, {"gadget-test/role": "worker"})
     static_nodes = fleet.write_static_nodes(directory / "nodes.yaml")
     pool = DaemonPool(timeout=2.0)
-    test_env = Env(test_cluster, Nodes(fleet, pool), new_operator(test_cluster, static_nodes), emulator, static_nodes)
+    test_env = Env(
+        test_cluster,
+        Nodes(fleet, pool),
+        new_operator(test_cluster, static_nodes, *store_args),
+        emulator,
+        static_nodes,
+        store,
+        store_args,
+    )
     try:
         await test_env.operator.start()  # inside: a failed start still stops the daemons below
         yield test_env
@@ -166,25 +197,23 @@ class PodsEnv:
         return name
 
 
-@pytest.fixture
-async def pods_env(cluster: tuple[Cluster, KubeEmulator | None]) -> AsyncIterator[PodsEnv]:
+@contextlib.asynccontextmanager
+async def daemon_pods(cluster: tuple[Cluster, KubeEmulator | None], count: int, *extra: str) -> AsyncIterator[PodsEnv]:
+    """IG's DaemonSet as it is deployed: ``count`` Nodes, each with a daemon pod in namespace ``gadget``
+    whose port leads to a simulated daemon, all on one ConfigMap store there; and the operator on pods
+    discovery with its defaults (port-forward, the shared store)."""
     test_cluster, emulator = cluster
     assert emulator is not None
     directory = Path(tempfile.mkdtemp(prefix="gp-"))
-    fleet = Fleet(directory, transport="tcp", stored=False)
-    await fleet.start(3, prefix="node-")
-    for name in fleet.nodes:
-        await test_cluster.add_node(name)
-    pool = DaemonPool(timeout=2.0)
-    operator = OperatorProcess(
-        None,
-        kube_server=test_cluster.server,
-        extra_args=["--discovery", "pods", "--daemon-transport", "port-forward", "--resync-interval", "1"],
-    )
+    fleet = Fleet(directory, transport="tcp", shared_store=ConfigMapStore(test_cluster.api, "gadget"))
+    pool = DaemonPool(timeout=5.0)
+    operator = OperatorProcess(None, kube_server=test_cluster.server, extra_args=["--discovery", "pods", *extra])
     env = PodsEnv(test_cluster, emulator, Nodes(fleet, pool), operator)
-    for name in fleet.nodes:
-        env.put_daemon_pod(name)
     try:
+        await fleet.start(count, prefix="node-")
+        for name in fleet.nodes:
+            await test_cluster.add_node(name)
+            env.put_daemon_pod(name)
         await operator.start()
         yield env
     finally:
@@ -192,7 +221,13 @@ async def pods_env(cluster: tuple[Cluster, KubeEmulator | None]) -> AsyncIterato
         await pool.close()
         await fleet.stop()
         shutil.rmtree(directory, ignore_errors=True)
-        assert code in (0, None), operator.logs()
+        assert code in (0, None), operator.logs()[-20000:]
+
+
+@pytest.fixture
+async def pods_env(cluster: tuple[Cluster, KubeEmulator | None]) -> AsyncIterator[PodsEnv]:
+    async with daemon_pods(cluster, 3, "--resync-interval", "1") as env:
+        yield env
 
 
 @pytest.hookimpl(tryfirst=True, hookwrapper=True)

@@ -8,10 +8,11 @@ only through the project's daemon client, the way a user looks with ``kubectl`` 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -19,6 +20,7 @@ from typing import Any, TypeVar
 import yaml
 from kubernetes.aio import client as kclient
 from kubernetes.aio import config as kconfig
+from kubernetes.aio import watch as kwatch
 from kubernetes.aio.client.exceptions import ApiException
 
 from gadget_operator import identity, resource
@@ -141,6 +143,38 @@ class Cluster:
 
         return await self.wait_status(name, check, what=f"{name} phase {phase}", **kwargs)
 
+    @contextlib.asynccontextmanager
+    async def statuses_of(self, name: str) -> AsyncIterator[list[dict[str, Any]]]:
+        """Every status ``name`` takes while the block runs, in order, from a watch (as ``kubectl get -w``
+        shows them): for asserting what was never shown, such as Ready on the way to Failed."""
+        seen: list[dict[str, Any]] = []
+        listed = await self.custom.list_namespaced_custom_object(
+            resource.GROUP, resource.VERSION, self.namespace, resource.PLURAL
+        )
+        watching = kwatch.Watch()
+
+        async def follow() -> None:
+            async with watching.stream(
+                self.custom.list_namespaced_custom_object,
+                resource.GROUP,
+                resource.VERSION,
+                self.namespace,
+                resource.PLURAL,
+                field_selector=f"metadata.name={name}",
+                resource_version=listed["metadata"]["resourceVersion"],
+                timeout_seconds=300,
+            ) as stream:
+                async for event in stream:
+                    seen.append(dict(event["object"].get("status") or {}))
+
+        task = asyncio.create_task(follow())
+        try:
+            yield seen
+        finally:
+            watching.stop()
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+
     async def wait_gone(self, name: str, *, within: float = 20.0) -> None:
         async def gone() -> bool:
             return await self.get(name) is None
@@ -150,7 +184,7 @@ class Cluster:
 
 @dataclass
 class Nodes:
-    """The simulated daemons, seen the way the IG CLI shows them."""
+    """The simulated daemons: what each one runs (ground truth), and what its daemon lists (the IG CLI's view)."""
 
     fleet: Fleet
     pool: DaemonPool
@@ -159,15 +193,19 @@ class Nodes:
         return self.fleet[name]
 
     async def instances(self, node: str) -> list[model.GadgetInstance]:
+        """What ``node``'s daemon answers to ListGadgetInstances (with IG's shared store this can fail)."""
         return await self.pool.get(self.fleet[node].address).list_instances()
 
     async def owned_by(self, uid: str) -> dict[str, list[model.GadgetInstance]]:
-        """Per node, the instances whose ownership tags name resource ``uid``."""
+        """Per reachable node, the instances its local manager runs whose ownership tags name resource ``uid``.
+
+        Read from each node's local manager (``node.running()``), not through List: it holds under both of
+        IG's stores, also where List fails. A stopped node (socket closed) is left out, as unreachable."""
         result: dict[str, list[model.GadgetInstance]] = {}
         for name, node in self.fleet.nodes.items():
-            if not node.running:
+            if not node.serving:
                 continue
-            for instance in await self.instances(name):
+            for instance in node.running().values():
                 owner = identity.parse_ownership(instance.tags)
                 if owner is not None and owner.resource_uid == uid:
                     result.setdefault(name, []).append(instance)

@@ -6,6 +6,7 @@ node's instances as the IG CLI (``gadget list``) shows them.
 
 from __future__ import annotations
 
+import asyncio
 import copy
 from pathlib import Path
 from typing import Any
@@ -14,8 +15,10 @@ import aiohttp
 import pytest
 import yaml
 
-from gadget_operator import identity
+from gadget_operator import errors, identity, validation
 from gadget_operator.daemon import model
+from gadget_operator.resource import parse_spec
+from gadget_operator.simulator.state import RunTiming, full_image_name
 from gadget_operator.testing.operator_process import OperatorProcess, free_port
 from tests.integration.conftest import NODE_COUNT, Env
 from tests.integration.harness import E2E_KUBECONFIG, eventually, load_crd
@@ -25,6 +28,10 @@ TRACE_EXEC = {"image": "trace_exec", "params": {"operator.KubeManager.namespace"
 
 def condition(body: dict[str, Any], kind: str) -> dict[str, Any]:
     return next(c for c in body["status"]["conditions"] if c["type"] == kind)
+
+
+def is_ready(status: dict[str, Any]) -> bool:
+    return any(c["type"] == "Ready" and c["status"] == "True" for c in status.get("conditions", []))
 
 
 def one_each(owned: dict[str, list[model.GadgetInstance]], nodes: int = NODE_COUNT) -> bool:
@@ -45,8 +52,10 @@ async def test_create_runs_one_instance_per_node_and_reports_ready(env: Env) -> 
     assert condition(body, "Degraded")["status"] == "False"
     assert "gadget-operator.io/cleanup" in body["metadata"]["finalizers"]
     assert one_each(owned)
+    if env.shared:  # one instance in IG's shared store, which every daemon runs
+        assert len({instance.id for (instance,) in owned.values()}) == 1
     for node, (instance,) in owned.items():
-        assert instance.nodes == (node,)
+        assert instance.nodes == (() if env.shared else (node,))
         assert instance.image == "trace_exec"
         assert dict(instance.params) == TRACE_EXEC["params"]
         entry = next(e for e in status["nodes"] if e["node"] == node)
@@ -125,11 +134,14 @@ async def test_a_daemon_restart_that_lost_its_instances_is_repaired(env: Env) ->
     await env.cluster.wait_phase("trace", "Running")
     node = env.cluster.node_name(2)
 
-    await env.nodes[node].restart()  # no store: every instance is gone
-    assert await env.nodes.instances(node) == []
+    await env.nodes[node].restart()  # its runs are gone; a per-node store without files loses the instances
+    if not env.shared:  # IG's shared store keeps them: the restarted daemon starts them again itself
+        assert await env.nodes.instances(node) == []
 
-    await env.nodes.wait_owned(uid, one_each, what="instance re-created by the periodic sync")
-    assert (await env.cluster.get("trace"))["status"]["phase"] == "Running"  # type: ignore[index]
+    await env.nodes.wait_owned(uid, one_each, what="the instance runs again on the restarted node")
+    await env.cluster.wait_status(
+        "trace", lambda b: b["status"].get("phase") == "Running" and b["status"].get("ready") == "3/3"
+    )
 
 
 async def test_an_instance_removed_by_hand_is_recreated(env: Env) -> None:
@@ -173,27 +185,54 @@ async def test_deletion_removes_every_instance_then_the_resource(env: Env) -> No
     assert await env.nodes.owned_by(uid) == {}
 
 
+def nodes_that_hold_a_deletion_open(env: Env) -> list[str]:
+    """The daemons to stop so that a deletion cannot finish: one node's own store, or, with IG's shared
+    store (removed through any daemon), every daemon."""
+    return list(env.nodes.fleet.nodes) if env.shared else [env.cluster.node_name(2)]
+
+
 async def test_deletion_waits_for_an_unreachable_node_reports_it_and_finishes_when_it_is_back(env: Env) -> None:
     uid = (await env.cluster.apply("trace", TRACE_EXEC))["metadata"]["uid"]
     await env.cluster.wait_phase("trace", "Running")
-    down = env.cluster.node_name(2)
-    await env.nodes[down].stop()
+    down = nodes_that_hold_a_deletion_open(env)
+    for node in down:
+        await env.nodes[node].stop()
 
     await env.cluster.delete("trace")
     body = await env.cluster.wait_status(
         "trace",
         lambda b: (
             b["status"].get("phase") == "Terminating"
-            and any(e["node"] == down and e["state"] == "Unreachable" for e in b["status"].get("nodes", []))
+            and any(e["node"] == down[0] and e["state"] == "Unreachable" for e in b["status"].get("nodes", []))
         ),
         what="unreachable node reported while terminating",
     )
     assert condition(body, "Degraded")["status"] == "True"
     assert set(await env.nodes.owned_by(uid)) == set()  # every reachable node is already clean
 
-    await env.nodes[down].start()
+    for node in down:
+        await env.nodes[node].start()
     await env.cluster.wait_gone("trace")
     assert await env.nodes.owned_by(uid) == {}
+
+
+async def test_in_the_shared_store_one_unreachable_daemon_does_not_hold_up_deletion(env: Env) -> None:
+    if not env.shared:
+        pytest.skip("a per-node store can only be cleaned through its own daemon")
+    uid = (await env.cluster.apply("trace", TRACE_EXEC))["metadata"]["uid"]
+    await env.cluster.wait_phase("trace", "Running")
+    down = env.cluster.node_name(2)
+    await env.nodes[down].stop()  # partitioned: its daemon still runs and still follows the store
+
+    await env.cluster.delete("trace")
+
+    await env.cluster.wait_gone("trace")
+    await eventually(lambda: _nothing_runs(env, down, uid), what=f"{down} stopped the removed instance")
+
+
+async def _nothing_runs(env: Env, node: str, uid: str) -> bool:
+    owners = (identity.parse_ownership(i.tags) for i in env.nodes[node].running().values())
+    return not any(owner is not None and owner.resource_uid == uid for owner in owners)
 
 
 async def test_a_node_that_no_longer_exists_does_not_block_deletion(env: Env) -> None:
@@ -228,19 +267,23 @@ async def test_an_operator_restart_makes_no_duplicates_and_no_orphans(env: Env, 
 async def test_an_operator_killed_during_deletion_finishes_it_after_restart(env: Env) -> None:
     uid = (await env.cluster.apply("trace", TRACE_EXEC))["metadata"]["uid"]
     await env.cluster.wait_phase("trace", "Running")
-    down = env.cluster.node_name(1)
-    await env.nodes[down].stop()  # holds the deletion open while the operator dies
+    down = nodes_that_hold_a_deletion_open(env)
+    for node in down:
+        await env.nodes[node].stop()  # holds the deletion open while the operator dies
     await env.cluster.delete("trace")
     await env.cluster.wait_status("trace", lambda b: b["status"].get("phase") == "Terminating")
 
     await env.restart_operator(crash=True)
-    await env.nodes[down].start()
+    for node in down:
+        await env.nodes[node].start()
 
     await env.cluster.wait_gone("trace")
     assert await env.nodes.owned_by(uid) == {}
 
 
 async def test_a_daemon_rejection_shows_in_the_node_entry_and_a_degraded_condition(env: Env) -> None:
+    if env.shared:
+        pytest.skip("a shared store is written through any daemon: see the test of a store that refuses writes")
     bad = env.cluster.node_name(2)
     env.nodes[bad].faults.fail_with = "operator.oci: fetching image: denied: requested access is forbidden"
     env.nodes[bad].faults.fail_only = frozenset({"CreateGadgetInstance"})
@@ -261,14 +304,17 @@ async def test_a_daemon_rejection_shows_in_the_node_entry_and_a_degraded_conditi
     await env.cluster.wait_phase("trace", "Running")
 
 
-async def test_an_instance_in_error_state_shows_the_daemons_message(env: Env) -> None:
-    await env.cluster.apply("broken", {"image": "no_such_gadget"})
+async def test_a_gadget_the_dry_run_rejects_fails_at_once_and_nothing_is_created(env: Env) -> None:
+    uid = (await env.cluster.apply("broken", {"image": "no_such_gadget"}))["metadata"]["uid"]
 
     body = await env.cluster.wait_phase("broken", "Failed")
 
-    assert {e["state"] for e in body["status"]["nodes"]} == {"Failed"}
-    assert all("pulling image" in e["message"] for e in body["status"]["nodes"])
-    assert "pulling image" in condition(body, "Degraded")["message"]
+    ready = condition(body, "Ready")
+    assert (ready["status"], ready["reason"]) == ("False", "GadgetRejected")
+    assert "the gadget rejected this spec" in body["status"]["message"]
+    assert "no_such_gadget" in body["status"]["message"]  # the gadget's own message names the image
+    assert "no_such_gadget" in condition(body, "Degraded")["message"]
+    assert await env.nodes.owned_by(uid) == {}
 
 
 async def test_a_hanging_daemon_is_reported_unreachable_and_does_not_stall_the_others(env: Env) -> None:
@@ -355,7 +401,7 @@ async def test_prometheus_metrics_count_what_the_operator_did(env: Env) -> None:
             for line in (await response.text()).splitlines()
             if line.startswith("gadget_operator_")
         }
-    assert samples["gadget_operator_instances_created_total"] == NODE_COUNT
+    assert samples["gadget_operator_instances_created_total"] == (1 if env.shared else NODE_COUNT)
     assert samples["gadget_operator_ready_nodes"] == NODE_COUNT
     assert samples['gadget_operator_status_writes_total{result="ok"}'] >= 1
     assert samples['gadget_operator_node_passes_total{result="ok"}'] >= NODE_COUNT
@@ -390,3 +436,113 @@ async def test_the_operator_authenticates_with_a_kubeconfig_as_in_a_cluster(env:
     operator_requests = [r for r in env.emulator.requests if r.user_agent.startswith(("kopf/", "gadget-operator/"))]
     assert operator_requests
     assert all(r.status < 400 for r in operator_requests if r.resource == "gadgetinstances")
+
+
+async def test_an_image_one_node_cannot_pull_is_never_ready_and_says_why(env: Env) -> None:
+    spec = {"image": "trace_open"}
+    # The dry run passes on the daemon it asks first; another node cannot pull the image.
+    checked_on = validation.dry_run_order(parse_spec(spec), env.nodes.fleet.nodes)[0]
+    broken = next(node for node in env.nodes.fleet.nodes if node != checked_on)
+    env.nodes[broken].state.manager.unknown_images = frozenset({full_image_name("trace_open")})
+
+    async with env.cluster.statuses_of("opener") as seen:
+        await env.cluster.apply("opener", spec)
+        body = await env.cluster.wait_phase("opener", "Degraded")
+
+    entry = next(e for e in body["status"]["nodes"] if e["node"] == broken)
+    assert entry["state"] == "Failed"
+    assert "trace_open" in entry["message"]  # IG's own pull error
+    assert "not found" in entry["message"]
+    assert body["status"]["runningNodes"] == NODE_COUNT - 1
+    assert seen
+    assert [s for s in seen if is_ready(s)] == [], "Ready was shown before the pull failed"
+
+
+async def test_a_gadget_still_starting_is_pending_until_it_has_initialized(env: Env) -> None:
+    slow = env.cluster.node_name(1)
+    env.nodes[slow].state.manager.timing = RunTiming(init_delay=3600)  # an image pull that takes its time
+
+    async with env.cluster.statuses_of("trace") as seen:
+        await env.cluster.apply("trace", TRACE_EXEC)
+        body = await env.cluster.wait_status(
+            "trace", lambda b: (b.get("status") or {}).get("runningNodes") == NODE_COUNT - 1, what="the others run"
+        )
+        entry = next(e for e in body["status"]["nodes"] if e["node"] == slow)
+        assert (entry["state"], body["status"]["phase"]) == ("Pending", "Pending")
+        assert "waiting for the gadget to initialize" in entry["message"]
+        assert condition(body, "Ready")["status"] == "False"
+
+        (instance_id,) = env.nodes[slow].running()
+        env.nodes[slow].state.manager.advance(instance_id)  # the pull finishes
+        await env.cluster.wait_phase("trace", "Running")
+    assert any(s.get("phase") == "Pending" for s in seen)
+
+
+async def test_a_store_that_refuses_writes_fails_every_node_with_its_message(env: Env) -> None:
+    if not env.shared:
+        pytest.skip("the per-node store's rejection has its own test")
+    refusal = 'configmaps is forbidden: User "system:serviceaccount:gadget:gadget" cannot create resource'
+    for node in env.nodes.fleet.nodes.values():
+        node.faults.fail_with = refusal
+        node.faults.fail_only = frozenset({"CreateGadgetInstance"})
+
+    await env.cluster.apply("trace", TRACE_EXEC)
+    body = await env.cluster.wait_phase("trace", "Failed")
+
+    assert {e["state"] for e in body["status"]["nodes"]} == {"Failed"}
+    assert all(refusal in e["message"] for e in body["status"]["nodes"])
+    assert "forbidden" in condition(body, "Degraded")["message"]
+
+    for node in env.nodes.fleet.nodes.values():
+        node.release()
+    await env.cluster.wait_phase("trace", "Running")
+
+
+async def test_an_instance_pinned_to_one_node_by_someone_else_breaks_igs_list_but_not_the_operator(env: Env) -> None:
+    if not env.shared:
+        pytest.skip("IG's List bug is a shared-store bug")
+    first = env.cluster.node_name(1)
+    pinned = model.GadgetInstance("c" * 32, "pinned-by-hand", "trace_dns", nodes=(first,))
+    await env.nodes.pool.get(env.nodes[first].address).create_instance(pinned)
+    with pytest.raises(errors.DaemonError, match="getting instance status"):
+        await env.nodes.instances(env.cluster.node_name(2))  # what `kubectl gadget list` runs into
+
+    uid = (await env.cluster.apply("trace", TRACE_EXEC))["metadata"]["uid"]
+    body = await env.cluster.wait_phase("trace", "Running")
+
+    assert body["status"]["ready"] == f"{NODE_COUNT}/{NODE_COUNT}"
+    assert one_each(await env.nodes.owned_by(uid))
+    assert "c" * 32 in env.nodes[first].running()  # someone else's instance is left alone
+
+
+async def test_a_node_joining_a_selector_changes_over_without_leaving_a_node_uncovered(env: Env) -> None:
+    first, second, third = (env.cluster.node_name(i) for i in (1, 2, 3))
+    for node in (first, second):
+        await env.cluster.label_node(node, {"tier": "edge"})
+    spec = {"image": "trace_tcp", "nodeSelector": {"matchLabels": {"tier": "edge"}}}
+    uid = (await env.cluster.apply("edge", spec))["metadata"]["uid"]
+    await env.cluster.wait_status("edge", lambda b: (b.get("status") or {}).get("ready") == "2/2")
+
+    gaps: list[dict[str, int]] = []
+    stop = asyncio.Event()
+
+    async def sample() -> None:  # what runs on the nodes that stay selected, all along the changeover
+        while not stop.is_set():
+            owned = await env.nodes.owned_by(uid)
+            counts = {node: len(owned.get(node, [])) for node in (first, second)}
+            if min(counts.values()) == 0:
+                gaps.append(counts)
+            await asyncio.sleep(0.005)
+
+    sampler = asyncio.create_task(sample())
+    try:
+        await env.cluster.label_node(third, {"tier": "edge"})
+        await env.cluster.wait_status("edge", lambda b: (b.get("status") or {}).get("ready") == "3/3")
+        owned = await env.nodes.wait_owned(uid, one_each, what="one instance on each of the three nodes")
+    finally:
+        stop.set()
+        await sampler
+    assert gaps == [], "a selected node ran no instance during the changeover"
+    if env.shared:
+        (instance,) = {i.id: i for instances in owned.values() for i in instances}.values()
+        assert instance.nodes == (first, second, third)

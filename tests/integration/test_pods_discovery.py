@@ -9,18 +9,23 @@ emulator only.
 
 from __future__ import annotations
 
+import asyncio
 import shutil
 import tempfile
+import time
 from pathlib import Path
+from typing import Any
 
+import aiohttp
 import pytest
 
-from gadget_operator.simulator.server import Fleet, SimulatedNode
-from gadget_operator.simulator.state import DaemonState
+from gadget_operator.daemon.client import DaemonPool
+from gadget_operator.simulator.configmap_store import ConfigMapStore
+from gadget_operator.simulator.server import Fleet
 from gadget_operator.testing.kube_emulator import KubeEmulator
 from gadget_operator.testing.operator_process import OperatorProcess, free_port
-from tests.integration.conftest import PodsEnv
-from tests.integration.harness import E2E_KUBECONFIG, Cluster, eventually
+from tests.integration.conftest import PodsEnv, daemon_pods
+from tests.integration.harness import E2E_KUBECONFIG, Cluster, Nodes, eventually
 
 pytestmark = pytest.mark.skipif(bool(E2E_KUBECONFIG), reason="creates stand-in daemon pods in the emulator")
 
@@ -57,17 +62,22 @@ async def test_a_replaced_daemon_pod_is_followed_and_repaired(pods_env: PodsEnv)
     uid = (await pods_env.cluster.apply("trace", TRACE_EXEC))["metadata"]["uid"]
     await pods_env.cluster.wait_phase("trace", "Running")
 
-    # The DaemonSet replaces node-2's pod: a new pod, and a daemon that starts empty.
+    # The DaemonSet replaces node-2's pod: a new pod, whose daemon starts with no runs and picks the
+    # instances up again from IG's store.
     pods_env.emulator.delete("v1", "pods", "gadget-node-2", "gadget")
     await pods_env.nodes["node-2"].restart()
     pods_env.put_daemon_pod("node-2", pod="gadget-node-2-x7k2p")
 
-    async def recreated() -> bool:
-        return "node-2" in await pods_env.nodes.owned_by(uid)
+    async def reached() -> bool:
+        return any(
+            r.subresource == "portforward" and r.name == "gadget-node-2-x7k2p" for r in pods_env.emulator.requests
+        )
 
-    await eventually(recreated, what="instance re-created on the new daemon pod")
-    forwards = {r.name for r in pods_env.emulator.requests if r.subresource == "portforward"}
-    assert "gadget-node-2-x7k2p" in forwards
+    await eventually(reached, what="the operator reaches node-2's new daemon pod")
+    await pods_env.nodes.wait_owned(uid, lambda owned: "node-2" in owned, what="node-2 runs the instance again")
+    body = await pods_env.cluster.wait_status("trace", lambda b: b["status"].get("ready") == "3/3")
+    entry = next(e for e in body["status"]["nodes"] if e["node"] == "node-2")
+    assert entry["state"] == "Running"
 
 
 async def test_pod_ip_transport_dials_the_pod_ip_and_daemon_port(
@@ -77,39 +87,139 @@ async def test_pod_ip_transport_dials_the_pod_ip_and_daemon_port(
     assert emulator is not None
     port = free_port()
     directory = Path(tempfile.mkdtemp(prefix="gi-"))
-    # Each "pod" gets its own loopback address and the DaemonSet's one port, as pod IPs would.
-    nodes = {
-        f"node-{i}": SimulatedNode(f"node-{i}", f"tcp://127.0.0.{i + 1}:{port}", DaemonState(f"node-{i}"))
-        for i in (1, 2)
-    }
-    fleet = Fleet(directory)
-    fleet.nodes.update(nodes)
-    for name, node in nodes.items():
-        await node.start()
-        await test_cluster.add_node(name)
-        ip = node.address.removeprefix("tcp://").rpartition(":")[0]
-        emulator.put(
-            {
-                "apiVersion": "v1",
-                "kind": "Pod",
-                "metadata": {"name": f"gadget-{name}", "namespace": "gadget", "labels": {"k8s-app": "gadget"}},
-                "spec": {"nodeName": name, "containers": [{"name": "gadget", "image": "ig"}]},
-                "status": {"phase": "Running", "podIP": ip},
-            }
-        )
+    fleet = Fleet(directory, transport="tcp", shared_store=ConfigMapStore(test_cluster.api, "gadget"))
     operator = OperatorProcess(
         None,
         kube_server=test_cluster.server,
         extra_args=["--discovery", "pods", "--daemon-transport", "pod-ip", "--daemon-port", str(port)],
     )
-    await operator.start()
     try:
-        await test_cluster.apply("trace", TRACE_EXEC)
+        # Each "pod" gets its own loopback address and the DaemonSet's one port, as pod IPs would.
+        for index in (1, 2):
+            name, ip = f"node-{index}", f"127.0.0.{index + 1}"
+            await fleet.add(name, address=f"tcp://{ip}:{port}")
+            await test_cluster.add_node(name)
+            emulator.put(
+                {
+                    "apiVersion": "v1",
+                    "kind": "Pod",
+                    "metadata": {"name": f"gadget-{name}", "namespace": "gadget", "labels": {"k8s-app": "gadget"}},
+                    "spec": {"nodeName": name, "containers": [{"name": "gadget", "image": "ig"}]},
+                    "status": {"phase": "Running", "podIP": ip},
+                }
+            )
+        await operator.start()
+        uid = (await test_cluster.apply("trace", TRACE_EXEC))["metadata"]["uid"]
         body = await test_cluster.wait_phase("trace", "Running")
         assert body["status"]["ready"] == "2/2"
-        assert all(len(node.state.list()) == 1 for node in nodes.values())
+        owned = await Nodes(fleet, DaemonPool()).owned_by(uid)
+        assert {node: len(instances) for node, instances in owned.items()} == {"node-1": 1, "node-2": 1}
         assert not [r for r in emulator.requests if r.subresource == "portforward"]
     finally:
         await operator.stop()
         await fleet.stop()
         shutil.rmtree(directory, ignore_errors=True)
+
+
+# -- many daemon pods, and tunnels that fail ----------------------------------------------------------------
+
+
+async def healthz(session: aiohttp.ClientSession, operator: OperatorProcess) -> tuple[int, dict[str, Any]]:
+    async with session.get(f"http://127.0.0.1:{operator.liveness_port}/healthz") as response:
+        return response.status, await response.json(content_type=None)
+
+
+async def test_300_daemon_pods_through_port_forward_never_starve_the_api_calls(
+    cluster: tuple[Cluster, KubeEmulator | None],
+) -> None:
+    count = 300
+    # Heartbeats every second, so the liveness figures below are about the busiest moments.
+    # Fewer tunnels than daemon pods: the bound holds while every node is reached.
+    async with daemon_pods(
+        cluster, count, "--resync-interval", "30", "--heartbeat-interval", "1", "--max-tunnels", "256"
+    ) as env:
+        probes: list[tuple[int, dict[str, Any]]] = []
+        started = time.monotonic()
+        async with aiohttp.ClientSession() as session:
+
+            async def watch_liveness() -> None:
+                while True:
+                    probes.append(await healthz(session, env.operator))
+                    await asyncio.sleep(0.5)
+
+            watcher = asyncio.create_task(watch_liveness())
+            try:
+                await env.cluster.apply("trace", TRACE_EXEC)
+                body = await env.cluster.wait_status(
+                    "trace",
+                    lambda b: (b.get("status") or {}).get("ready") == f"{count}/{count}",
+                    within=90,
+                    what=f"{count}/{count} nodes ready",
+                )
+                ready_after = time.monotonic() - started
+                # The API answers at once while hundreds of tunnels are open: the test's own GET, and the
+                # operator's heartbeat through its API session (its liveness figures).
+                async with asyncio.timeout(5):
+                    assert await env.cluster.get("trace") is not None
+
+                async def busy_probe() -> tuple[int, dict[str, Any]] | None:
+                    # kopf serves probe results up to 10 s old: wait for one taken with the tunnels open.
+                    code, result = await healthz(session, env.operator)
+                    return (
+                        (code, result) if result.get("progress", {}).get("tunnels", {}).get("opened", 0) > 64 else None
+                    )
+
+                status, final = await eventually(busy_probe, within=30, what="liveness figures with the tunnels open")
+            finally:
+                watcher.cancel()
+                await asyncio.gather(watcher, return_exceptions=True)
+
+        tunnels = final.get("progress", {}).get("tunnels", {})
+        heartbeats = [r for r in env.emulator.requests if r.path == "/version" and r.user_agent.startswith("gadget")]
+        emulator = env.emulator
+        print(  # the figures for the README: pytest -s shows them
+            f"\n{count} daemon pods: Ready after {ready_after:.1f}s; tunnels {tunnels}; emulator streams "
+            f"peak {emulator.portforwards_peak} (now {emulator.portforwards_open}); heartbeats {len(heartbeats)}"
+        )
+        assert body["status"]["phase"] == "Running"
+        assert body["status"]["runningNodes"] == count
+        assert status == 200, final
+        assert probes, "the liveness endpoint was polled while the nodes became ready"
+        assert all(code == 200 for code, _ in probes), [p for p in probes if p[0] != 200][:3]
+        assert 64 < tunnels["peak"] <= tunnels["max"] == 256  # more than the API session's 64 connections
+        assert heartbeats
+        assert all(r.status == 200 for r in heartbeats)
+        assert env.emulator.writes("gadgetinstances", "trace", subresource="status") >= 1
+
+
+async def test_a_port_forward_refused_by_rbac_shows_in_the_nodes_status(
+    cluster: tuple[Cluster, KubeEmulator | None],
+) -> None:
+    async with daemon_pods(cluster, 2, "--resync-interval", "1", "--rpc-timeout", "2") as env:
+        await env.cluster.apply("trace", TRACE_EXEC)
+        await env.cluster.wait_phase("trace", "Running")
+
+        # The operator's port-forward permission is revoked, then node-2's daemon pod is replaced: the
+        # new pod needs a new tunnel, which the API server refuses (node-1's stays open meanwhile).
+        env.emulator.deny("create", "pods", "portforward")
+        env.emulator.delete("v1", "pods", "gadget-node-2", "gadget")
+        env.put_daemon_pod("node-2", pod="gadget-node-2-x7k2p")
+        expected = (
+            "unreachable: port-forward to gadget/gadget-node-2-x7k2p refused by RBAC: "
+            'pods "gadget-node-2-x7k2p" is forbidden: User "system:anonymous" cannot create resource '
+            '"pods/portforward" in API group "" in the namespace "gadget" '
+            "(the operator needs create on pods/portforward in gadget) (portforward://gadget/gadget-node-2-x7k2p:8080)"
+        )
+
+        def refused(body: dict[str, Any]) -> bool:
+            entries = {e["node"]: e for e in (body.get("status") or {}).get("nodes", [])}
+            return entries.get("node-2", {}).get("message") == expected
+
+        body = await env.cluster.wait_status("trace", refused, what="node-2's entry names the RBAC refusal")
+
+        entries = {e["node"]: e for e in body["status"]["nodes"]}
+        assert entries["node-2"]["state"] == "Unreachable"
+        assert entries["node-1"]["state"] == "Running"
+
+        env.emulator.allow("create", "pods", "portforward")
+        await env.cluster.wait_status("trace", lambda b: (b.get("status") or {}).get("ready") == "2/2")

@@ -3,8 +3,9 @@
 The calls are recorded, not guessed: the emulator logs each request with its User-Agent, and the
 operator's own calls (``gadget-operator/...``) and kopf's (``kopf/...``) are compared with the rules
 ``kubectl kustomize manifests/base`` renders. The scenario touches every kind of call: watches of
-GadgetInstances and Nodes, the daemon-pod watch and port-forward, finalizer and status patches,
-Events, and the GETs that confirm an orphan's resource or a stranded instance's node is gone.
+GadgetInstances and Nodes, the daemon-pod watch and port-forward, the watch of IG's instance store
+(ConfigMaps), finalizer and status patches, Events, and the GET that confirms an orphan's resource is
+gone. (Standalone daemons also GET a Node; tests/packaging checks that the overlay adds only that.)
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ def operator_calls(env: PodsEnv) -> dict[str, set[Call]]:
         if not request.user_agent.startswith(("kopf/", "gadget-operator/")) or request.resource is None:
             continue  # discovery documents are open to every authenticated user (system:discovery)
         plural = f"{request.resource}/{request.subresource}" if request.subresource else request.resource
-        scope = "gadget" if request.resource == "pods" else "cluster"
+        scope = "gadget" if request.resource in ("pods", "configmaps") else "cluster"
         verbs = {request.verb}
         if request.subresource == "portforward":
             verbs = {"get", "create"}  # a WebSocket GET; Kubernetes 1.35 also authorizes it as create

@@ -54,6 +54,11 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- if or .Values.peering.enabled (gt (int .Values.replicaCount) 1) }}true{{ end }}
 {{- end }}
 
+{{/* The daemons' instance store: discovery.store, or by discovery mode (pods: IG's DaemonSet, shared). */}}
+{{- define "gadget-operator.daemonStore" -}}
+{{- if .Values.discovery.store }}{{ .Values.discovery.store }}{{ else if eq .Values.discovery.mode "pods" }}shared{{ else }}per-node{{ end }}
+{{- end }}
+
 {{/* Where the operator finds its files. */}}
 {{- define "gadget-operator.staticNodesPath" -}}/etc/gadget-operator/nodes.yaml{{- end }}
 {{- define "gadget-operator.tlsDir" -}}/etc/gadget-operator/tls{{- end }}

@@ -7,9 +7,9 @@ gRPC status codes or message text.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Protocol, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import grpc
 import grpc.aio
@@ -24,6 +24,11 @@ from gadget_operator.settings import TLSSettings
 
 T = TypeVar("T")
 
+GADGET_INFO_USE_INSTANCE = 1
+"""GetGadgetInfoRequest.flags bit: ``imageName`` names a running instance (what ``kubectl gadget attach`` uses)."""
+
+MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+
 # Reconnect quickly after a daemon restart: gRPC's default backoff grows to two minutes, during
 # which every call to a node that is back already fails fast with UNAVAILABLE.
 _CHANNEL_OPTIONS: list[tuple[str, int | str]] = [
@@ -32,6 +37,10 @@ _CHANNEL_OPTIONS: list[tuple[str, int | str]] = [
     ("grpc.max_reconnect_backoff_ms", 2000),
     ("grpc.keepalive_time_ms", 30_000),
     ("grpc.enable_retries", 0),
+    # gRPC's default of 4 MiB would cut off a List long before a large cluster's: in IG's shared store
+    # every daemon lists the whole cluster's instances, each up to ~24 KiB with a 1,000-node ``nodes``
+    # list and the CRD's limits on params and tags (bench/README.md has the figures).
+    ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
 ]
 
 
@@ -47,6 +56,12 @@ class InstanceApi(Protocol):
     def get_instance(self, instance_id: str) -> Awaitable[model.GadgetInstance]: ...
 
     def remove_instance(self, instance_id: str) -> Awaitable[None]: ...
+
+    def get_gadget_info(
+        self, image: str, params: Mapping[str, str] | None = None, *, deadline: float | None = None
+    ) -> Awaitable[GadgetInfo]: ...
+
+    def wait_initialized(self, instance_id: str, *, deadline: float) -> Awaitable[GadgetInfo]: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,14 +84,20 @@ class DaemonClient:
     """One channel to one daemon, reused for every call."""
 
     def __init__(
-        self, address: str, *, tls: TLSSettings | None = None, timeout: float = 5.0, dial: str | None = None
+        self,
+        address: str,
+        *,
+        tls: TLSSettings | None = None,
+        timeout: float = 5.0,
+        dial: str | None = None,
+        channel_options: Sequence[tuple[str, int | str]] = (),
     ) -> None:
         """``address`` names the daemon in errors; ``dial``, if given, is where to connect instead
-        (a local port-forward listener)."""
+        (a local port-forward listener); ``channel_options`` are added to the gRPC channel's."""
         parsed = parse_address(dial or address)
         self.address = address
         self.timeout = timeout
-        options = list(_CHANNEL_OPTIONS)
+        options = [*_CHANNEL_OPTIONS, *channel_options]
         if tls is not None and tls.enabled:
             if tls.server_name:
                 options.append(("grpc.ssl_target_name_override", tls.server_name))
@@ -130,11 +151,27 @@ class DaemonClient:
             response.message or f"remove answered result {response.result}", address=self.address
         )
 
-    async def get_gadget_info(self, image: str, params: Mapping[str, str] | None = None) -> GadgetInfo:
+    async def get_gadget_info(
+        self, image: str, params: Mapping[str, str] | None = None, *, deadline: float | None = None
+    ) -> GadgetInfo:
+        """A dry run: the daemon pulls ``image`` and prepares the gadget with ``params`` without running
+        it, and answers with its info or with the gadget's own error (bad image, bad parameter)."""
         request = api_pb2.GetGadgetInfoRequest(
             imageName=image, paramValues=dict(params or {}), version=model.PROTOCOL_VERSION
         )
-        info = (await self._call(self._gadgets.GetGadgetInfo, request)).gadgetInfo
+        return await self._gadget_info(request, deadline)
+
+    async def wait_initialized(self, instance_id: str, *, deadline: float) -> GadgetInfo:
+        """The info of the gadget that instance ``instance_id`` runs on this daemon. IG answers only once
+        the gadget has initialized (image pulled, programs loaded); a run that failed before that never
+        answers, so ``timeout`` ends the wait with ``DaemonDeadlineExceeded``."""
+        request = api_pb2.GetGadgetInfoRequest(
+            imageName=instance_id, version=model.PROTOCOL_VERSION, flags=GADGET_INFO_USE_INSTANCE
+        )
+        return await self._gadget_info(request, deadline)
+
+    async def _gadget_info(self, request: api_pb2.GetGadgetInfoRequest, deadline: float | None) -> GadgetInfo:
+        info = (await self._call(self._gadgets.GetGadgetInfo, request, deadline=deadline)).gadgetInfo
         return GadgetInfo(
             name=info.name,
             image=info.imageName,
@@ -143,17 +180,18 @@ class DaemonClient:
             ),
         )
 
-    async def _call(self, method: Callable[..., Awaitable[T]], request: object) -> T:
+    async def _call(self, method: Callable[..., Awaitable[T]], request: object, *, deadline: float | None = None) -> T:
+        seconds = self.timeout if deadline is None else deadline
         try:
-            return await method(request, timeout=self.timeout)
+            return await method(request, timeout=seconds)
         except grpc.aio.AioRpcError as error:
-            raise self._translate(error) from error
+            raise self._translate(error, seconds) from error
 
-    def _translate(self, error: grpc.aio.AioRpcError) -> errors.DaemonError:
+    def _translate(self, error: grpc.aio.AioRpcError, deadline: float) -> errors.DaemonError:
         code = error.code()
         message = error.details() or code.name
         if code is grpc.StatusCode.DEADLINE_EXCEEDED:
-            return errors.DaemonDeadlineExceeded(f"no answer within {self.timeout:g}s", address=self.address)
+            return errors.DaemonDeadlineExceeded(f"no answer within {deadline:g}s", address=self.address)
         if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED):
             return errors.DaemonUnavailable(f"unreachable: {message}", address=self.address)
         if code is grpc.StatusCode.UNIMPLEMENTED:
@@ -166,8 +204,43 @@ class DaemonClient:
         return errors.DaemonRejected(message, address=self.address)
 
 
+class _ForwardedClient(DaemonClient):
+    """A client of a ``portforward://`` address: its calls mark the pod's tunnel busy, and its
+    "unreachable" errors carry why the tunnel failed (RBAC, pod gone, kubelet error) when the
+    forwarder knows, instead of gRPC's "failed to connect to all addresses"."""
+
+    def __init__(self, address: str, forwarder: PortForwarder, **kwargs: Any) -> None:
+        self.forwarder = forwarder
+        super().__init__(address, dial=forwarder.local_address(address), **kwargs)
+
+    async def _call(self, method: Callable[..., Awaitable[T]], *args: Any, **kwargs: Any) -> T:
+        started = self.forwarder.clock()
+        with self.forwarder.in_use(self.address):
+            try:
+                return await super()._call(method, *args, **kwargs)
+            except errors.DaemonUnavailable:
+                # The forwarder closed this pod's idle tunnel just as the call went out: once more.
+                if not self.forwarder.closed_since(self.address, started - 1.0):
+                    raise
+            return await super()._call(method, *args, **kwargs)
+
+    def _translate(self, error: grpc.aio.AioRpcError, *args: Any, **kwargs: Any) -> errors.DaemonError:
+        translated = super()._translate(error, *args, **kwargs)
+        cause = self.forwarder.last_error(self.address)
+        if cause is None or not isinstance(translated, errors.DaemonUnreachable):
+            return translated
+        if isinstance(translated, errors.DaemonDeadlineExceeded):
+            return errors.DaemonDeadlineExceeded(f"{translated.message}: {cause}", address=self.address)
+        return errors.DaemonUnavailable(f"unreachable: {cause}", address=self.address)
+
+
 class DaemonPool:
-    """One ``DaemonClient`` per address, created on first use and kept for reuse."""
+    """One ``DaemonClient`` per address, created on first use and kept for reuse.
+
+    Clients of ``portforward://`` addresses go through ``forwarder``; their gRPC channel goes idle
+    (closing its connection, hence its tunnel) after half the forwarder's ``idle_timeout`` without a
+    call, and reconnects on the next call.
+    """
 
     def __init__(
         self, *, tls: TLSSettings | None = None, timeout: float = 5.0, forwarder: PortForwarder | None = None
@@ -180,12 +253,19 @@ class DaemonPool:
     def get(self, address: str) -> DaemonClient:
         client = self._clients.get(address)
         if client is None:
-            dial = None
             if address.startswith(PORTFORWARD_SCHEME):
                 if self.forwarder is None:
                     raise ValueError(f"{address}: port-forward addresses need a PortForwarder")
-                dial = self.forwarder.local_address(address)
-            client = DaemonClient(address, tls=self.tls, timeout=self.timeout, dial=dial)
+                idle_ms = max(1, int(self.forwarder.idle_timeout * 500))
+                client = _ForwardedClient(
+                    address,
+                    self.forwarder,
+                    tls=self.tls,
+                    timeout=self.timeout,
+                    channel_options=[("grpc.client_idle_timeout_ms", idle_ms)],
+                )
+            else:
+                client = DaemonClient(address, tls=self.tls, timeout=self.timeout)
             self._clients[address] = client
         return client
 

@@ -1,8 +1,10 @@
 """Simulated gadget daemons on real sockets: one gRPC server per node, many nodes per process.
 
-A ``SimulatedNode`` serves ``DaemonState`` over the IG wire protocol on ``unix://`` or ``tcp://`` with
-optional mutual TLS, and takes faults (latency, failing or hanging calls, restart, going away).
-A ``Fleet`` runs many of them and hands out the node -> address map that static discovery reads.
+A ``SimulatedNode`` serves a ``Daemon`` over the IG wire protocol on ``unix://`` or ``tcp://`` with
+optional mutual TLS, and takes faults (latency, failing or hanging calls, restart, going away). The
+daemon is ``ig daemon`` with its per-node store (``DaemonState``) or a pod of IG's DaemonSet on the
+shared ConfigMap store (``SharedStoreDaemon``). A ``Fleet`` runs many of them and hands out the
+node -> address map that static discovery reads.
 """
 
 from __future__ import annotations
@@ -18,10 +20,11 @@ import grpc
 import grpc.aio
 import yaml
 
-from gadget_operator.daemon import convert
+from gadget_operator.daemon import convert, model
 from gadget_operator.daemon.address import parse_address
 from gadget_operator.daemon.pb import api_pb2, api_pb2_grpc
-from gadget_operator.simulator.state import DaemonCallError, DaemonState, full_image_name
+from gadget_operator.simulator.configmap_store import ConfigMapStore, SharedStoreDaemon
+from gadget_operator.simulator.state import DEFAULT_TIMING, Daemon, DaemonCallError, DaemonState, RunTiming
 
 Context: TypeAlias = "grpc.aio.ServicerContext[Any, Any]"
 
@@ -56,48 +59,56 @@ class _Servicer(api_pb2_grpc.GadgetInstanceManagerServicer, api_pb2_grpc.GadgetM
         self, request: api_pb2.CreateGadgetInstanceRequest, context: Context
     ) -> api_pb2.CreateGadgetInstanceResponse:
         await self.node.before_call("CreateGadgetInstance", context)
+        requested = request.gadgetInstance
         try:
-            created = self.node.state.create(convert.from_pb(request.gadgetInstance))
+            created = await self.node.state.create_instance(
+                convert.from_pb(requested), gadget_timeout=requested.gadgetConfig.timeout
+            )
         except DaemonCallError as error:
             await context.abort(grpc.StatusCode.UNKNOWN, str(error))
-        return api_pb2.CreateGadgetInstanceResponse(result=0, gadgetInstance=convert.to_pb(created))
+        # Both of IG's stores answer with the request itself, the server-made ID and name filled in:
+        # no state (unless the client sent one) and no creation time.
+        echo = api_pb2.GadgetInstance()
+        echo.CopyFrom(requested)
+        echo.id, echo.name = created.id, created.name
+        return api_pb2.CreateGadgetInstanceResponse(result=0, gadgetInstance=echo)
 
     async def ListGadgetInstances(
         self, request: api_pb2.ListGadgetInstancesRequest, context: Context
     ) -> api_pb2.ListGadgetInstanceResponse:
         await self.node.before_call("ListGadgetInstances", context)
-        return api_pb2.ListGadgetInstanceResponse(
-            gadgetInstances=[convert.to_pb(instance) for instance in self.node.state.list()]
-        )
+        try:
+            instances = await self.node.state.list_instances()
+        except DaemonCallError as error:
+            await context.abort(grpc.StatusCode.UNKNOWN, str(error))
+        return api_pb2.ListGadgetInstanceResponse(gadgetInstances=[convert.to_pb(instance) for instance in instances])
 
     async def GetGadgetInstance(self, request: api_pb2.GadgetInstanceId, context: Context) -> api_pb2.GadgetInstance:
         await self.node.before_call("GetGadgetInstance", context)
         try:
-            return convert.to_pb(self.node.state.get(request.id))
+            return convert.to_pb(await self.node.state.get_instance(request.id))
         except DaemonCallError as error:
             await context.abort(grpc.StatusCode.UNKNOWN, str(error))
 
     async def RemoveGadgetInstance(self, request: api_pb2.GadgetInstanceId, context: Context) -> api_pb2.StatusResponse:
         await self.node.before_call("RemoveGadgetInstance", context)
-        result, message = self.node.state.remove(request.id)
+        try:
+            result, message = await self.node.state.remove_instance(request.id)
+        except DaemonCallError as error:
+            await context.abort(grpc.StatusCode.UNKNOWN, str(error))
         return api_pb2.StatusResponse(result=result, message=message)
 
     async def GetGadgetInfo(
         self, request: api_pb2.GetGadgetInfoRequest, context: Context
     ) -> api_pb2.GetGadgetInfoResponse:
         await self.node.before_call("GetGadgetInfo", context)
-        if request.version != 1:
-            await context.abort(grpc.StatusCode.UNKNOWN, "expected version to be 1")
-        image = full_image_name(request.imageName)
-        if image in self.node.state.unknown_images:
-            await context.abort(grpc.StatusCode.UNKNOWN, f"pulling image {image!r}: not found")
-        name = image.rsplit("/", 1)[-1].split(":")[0]
-        params = [
-            api_pb2.Param(key="namespace", prefix="operator.KubeManager.", description="Show only this namespace"),
-            api_pb2.Param(key="podname", prefix="operator.KubeManager.", description="Show only this pod"),
-            api_pb2.Param(key="filter", prefix="operator.filter.", description="Filter expression"),
-        ]
-        return api_pb2.GetGadgetInfoResponse(gadgetInfo=api_pb2.GadgetInfo(name=name, imageName=image, params=params))
+        try:
+            info = await self.node.state.get_gadget_info(
+                request.imageName, dict(request.paramValues), version=request.version, flags=request.flags
+            )
+        except DaemonCallError as error:
+            await context.abort(grpc.StatusCode.UNKNOWN, str(error))
+        return api_pb2.GetGadgetInfoResponse(gadgetInfo=info)
 
     async def RunGadget(
         self, request_iterator: AsyncIterator[api_pb2.GadgetControlRequest], context: Context
@@ -109,10 +120,11 @@ class _Servicer(api_pb2_grpc.GadgetInstanceManagerServicer, api_pb2_grpc.GadgetM
 class SimulatedNode:
     """One node's daemon: its state, its gRPC server and its faults."""
 
-    def __init__(self, name: str, address: str, state: DaemonState, *, tls: ServerTLS | None = None) -> None:
+    def __init__(self, name: str, address: str, state: Daemon, *, tls: ServerTLS | None = None) -> None:
         self.name = name
         self.address = address
         self.state = state
+        """The daemon behind the socket: ``DaemonState`` (per-node store) or ``SharedStoreDaemon``."""
         self.tls = tls
         self.faults = Faults()
         self.calls: collections.Counter[str] = collections.Counter()
@@ -120,8 +132,18 @@ class SimulatedNode:
         self._released = asyncio.Event()
 
     @property
-    def running(self) -> bool:
+    def serving(self) -> bool:
+        """Whether the socket is open (False after ``stop()`` until ``start()``)."""
         return self._server is not None
+
+    def running(self) -> dict[str, model.GadgetInstance]:
+        """What this node's local manager runs right now, with state and message, by instance ID:
+        the ground truth of what runs here, whatever the store and whatever List answers."""
+        return self.state.running()
+
+    def initialized(self, instance_id: str) -> bool:
+        """Whether the run of ``instance_id`` here has initialized (image pulled, operators ready)."""
+        return self.state.initialized(instance_id)
 
     async def start(self) -> None:
         if self._server is not None:
@@ -159,9 +181,10 @@ class SimulatedNode:
             await server.stop(grace=None)
 
     async def restart(self) -> None:
-        """Stop and start again on the same address; instances come back only from a file store."""
+        """The daemon restarts on the same address: its runs are gone; what its store holds (a file
+        store, or the shared ConfigMaps) runs again, memory-only instances do not come back."""
         await self.stop()
-        self.state.lose_memory()
+        await self.state.restart()
         await self.start()
 
     def release(self) -> None:
@@ -182,7 +205,10 @@ class SimulatedNode:
 
 
 class Fleet:
-    """Many simulated nodes in one process, each on its own socket."""
+    """Many simulated nodes in one process, each on its own socket.
+
+    Per-node stores (``ig daemon``) by default, under ``directory/store/<node>`` unless ``stored`` is
+    False; with ``shared_store`` every node is a pod of IG's DaemonSet on that ConfigMap store."""
 
     def __init__(
         self,
@@ -192,6 +218,8 @@ class Fleet:
         stored: bool = True,
         unknown_images: Iterable[str] = (),
         tls: ServerTLS | None = None,
+        timing: RunTiming = DEFAULT_TIMING,
+        shared_store: ConfigMapStore | None = None,
     ) -> None:
         if transport not in ("unix", "tcp"):
             raise ValueError(f"transport must be unix or tcp, not {transport!r}")
@@ -200,22 +228,32 @@ class Fleet:
         self.stored = stored
         self.unknown_images = frozenset(unknown_images)
         self.tls = tls
+        self.timing = timing
+        self.shared_store = shared_store
         self.nodes: dict[str, SimulatedNode] = {}
 
     def __getitem__(self, name: str) -> SimulatedNode:
         return self.nodes[name]
 
-    async def add(self, name: str) -> SimulatedNode:
+    async def add(self, name: str, *, address: str | None = None) -> SimulatedNode:
+        """A node's daemon, on its own socket (or on ``address``, e.g. a pod IP and the DaemonSet's port)."""
         self.directory.mkdir(parents=True, exist_ok=True)
-        address = f"unix://{self.directory / name}.sock" if self.transport == "unix" else "tcp://127.0.0.1:0"
-        state = DaemonState(
-            node=name,
-            store=self.directory / "store" / name if self.stored else None,
-            unknown_images=self.unknown_images,
-        )
+        if address is None:
+            address = f"unix://{self.directory / name}.sock" if self.transport == "unix" else "tcp://127.0.0.1:0"
+        state: Daemon
+        if self.shared_store is not None:
+            state = SharedStoreDaemon(name, self.shared_store, timing=self.timing, unknown_images=self.unknown_images)
+        else:
+            state = DaemonState(
+                name,
+                store=self.directory / "store" / name if self.stored else None,
+                unknown_images=self.unknown_images,
+                timing=self.timing,
+            )
+        await state.start()
         node = SimulatedNode(name, address, state, tls=self.tls)
-        await node.start()
         self.nodes[name] = node
+        await node.start()
         return node
 
     async def start(self, count: int, *, prefix: str = "node-") -> None:
@@ -231,4 +269,8 @@ class Fleet:
         return path
 
     async def stop(self) -> None:
+        """Close every socket, end every daemon (runs, informers) and the shared watch."""
         await asyncio.gather(*(node.stop() for node in self.nodes.values()))
+        await asyncio.gather(*(node.state.close() for node in self.nodes.values()))
+        if self.shared_store is not None:
+            await self.shared_store.stop()

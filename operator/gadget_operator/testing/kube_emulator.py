@@ -420,6 +420,9 @@ class KubeEmulator:
         self._rv = 0
         self._watchers: set[tuple[str, str, asyncio.Queue[_Event | None]]] = set()
         self._runner: web.AppRunner | None = None
+        self._denied: set[tuple[str, str, str | None]] = set()  # (verb, resource, subresource)
+        self.portforwards_open = 0  # port-forward streams open now, and the most ever open at once
+        self.portforwards_peak = 0
         for rt in _builtin_types():
             self.add_resource_type(rt)
         for namespace in ("default", "kube-system", "kube-public", "kube-node-lease"):
@@ -492,6 +495,17 @@ class KubeEmulator:
         """Delete as a client would: with finalizers, the object is only marked as being deleted."""
         rt = self._type_at(api_version, kind_plural)
         self._delete(rt, namespace if rt.namespaced else None, name, {})
+
+    def deny(self, verb: str, resource: str, subresource: str | None = None) -> None:
+        """Make the requester's RBAC deny ``verb`` on ``resource[/subresource]``: 403 Forbidden.
+
+        Honoured by ``pods/portforward`` (a WebSocket GET that Kubernetes 1.35 authorizes as both get
+        and create, so denying either refuses it); ``allow`` undoes it.
+        """
+        self._denied.add((verb, resource, subresource))
+
+    def allow(self, verb: str, resource: str, subresource: str | None = None) -> None:
+        self._denied.discard((verb, resource, subresource))
 
     def writes(self, plural: str, name: str, namespace: str | None = None, subresource: str | None = None) -> int:
         """Successful create/update/patch/delete requests to one object (``subresource`` None: the main resource).
@@ -753,6 +767,17 @@ class KubeEmulator:
         """
         record.verb, record.group, record.version = "get", "", "v1"
         record.resource, record.subresource, record.namespace, record.name = "pods", "portforward", namespace, pod_name
+        # Authorization comes first, as on a real server: a denied request learns nothing of the pod.
+        for verb in ("create", "get"):
+            if (verb, "pods", "portforward") in self._denied:
+                user = "system:anonymous" if "Authorization" not in request.headers else "emulator-user"
+                message = (
+                    f'pods "{pod_name}" is forbidden: User "{user}" cannot {verb} resource "pods/portforward" '
+                    f'in API group "" in the namespace "{namespace}"'
+                )
+                record.status = 403
+                body = ApiError(403, "Forbidden", message, {"name": pod_name, "kind": "pods"}).status()
+                return web.json_response(body, status=403)
         pod = self._bucket(self._type_at("v1", "pods")).get((namespace, pod_name))
         ports = request.query.get("ports", "")
         if pod is None:
@@ -765,6 +790,15 @@ class KubeEmulator:
         ws = web.WebSocketResponse(protocols=("v4.channel.k8s.io",), max_msg_size=0)
         await ws.prepare(request)
         record.status = 101
+        self.portforwards_open += 1
+        self.portforwards_peak = max(self.portforwards_peak, self.portforwards_open)
+        try:
+            return await self._forward(ws, pod, pod_name, port)
+        finally:
+            self.portforwards_open -= 1
+
+    async def _forward(self, ws: web.WebSocketResponse, pod: JSON, pod_name: str, port: int) -> web.WebSocketResponse:
+        """Pump one port-forward stream between the WebSocket and the pod port's stand-in."""
         header = port.to_bytes(2, "little")
         await ws.send_bytes(b"\x00" + header)
         await ws.send_bytes(b"\x01" + header)

@@ -1,0 +1,211 @@
+"""Placement in IG's shared store (its DaemonSet): one instance per resource, written through any daemon.
+
+Why not one instance per (resource, node) as with standalone daemons: in IG's DaemonSet store an
+instance restricted to some nodes makes ListGadgetInstances fail on every other node, and every
+daemon holds every instance of the cluster (inspektor-gadget.md, "IG's DaemonSet store"). So:
+
+* **One stored instance per resource** (``planner.desired_shared_instance``): ``nodes`` empty when the
+  spec targets every node (IG then starts it on nodes that join later, with no churn), else the
+  nodes its selector or list picks. IG instances are immutable: when that node set changes (a
+  matching node joins, a node is relabelled) or the spec changes, a new instance is written, and the
+  old one is removed once the new one has taken over on every node both run on. A node that leaves
+  the cluster changes nothing (no daemon runs there any more).
+* **The store's contents come from its ConfigMaps** (``inventory``), never from List.
+* **Each node's state comes from that node's daemon**, which runs the instance: List when IG can
+  answer it on that node (it runs every stored instance), otherwise GetGadgetInstance per instance,
+  then the readiness probe (``readiness``).
+* **Writes go through any reachable daemon**: Create and Remove act on the cluster-wide store, so an
+  unreachable node blocks neither creation nor deletion; deletion is done when the store holds none
+  of the resource's instances.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Iterable, Mapping
+from typing import TYPE_CHECKING
+
+from gadget_operator import errors, executor, identity, metrics, planner
+from gadget_operator.daemon import model
+from gadget_operator.daemon.client import DaemonClient
+from gadget_operator.inventory import StoreInventory
+
+if TYPE_CHECKING:
+    from gadget_operator.reconciler import NodeWorker, Reconciler
+
+logger = logging.getLogger(__name__)
+
+STORE = "<store>"
+"""Stands for the whole shared store in a deletion's set of places still to clean."""
+MAX_DAEMONS_TRIED = 3
+"""Daemons tried in turn for one store write before it counts as failed for this pass."""
+
+
+class SharedPlacement:
+    """The store-wide loop (creates and removals) and the per-node observation for a shared store."""
+
+    def __init__(self, reconciler: Reconciler) -> None:
+        self.rec = reconciler
+        self.inventory = StoreInventory(on_change=self.wake)
+        self.waiting = False
+        """Old instances wait for their replacement: every node outcome may release them."""
+        self._wake_event = asyncio.Event()
+        self._failures = 0
+
+    def wake(self) -> None:
+        self._wake_event.set()
+
+    # -- the store-wide loop -----------------------------------------------------------------------
+
+    async def run(self) -> None:
+        config = self.rec.settings.executor
+        while True:
+            delay = (
+                min(config.backoff_initial * 2.0 ** (self._failures - 1), config.backoff_max)
+                if self._failures
+                else config.resync_interval
+            )
+            try:
+                async with asyncio.timeout(delay):
+                    await self._wake_event.wait()
+            except TimeoutError:
+                pass
+            self._wake_event.clear()
+            if not self.inventory.listed:
+                continue  # no decision before the store has been seen once
+            try:
+                await self.sync_store()
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # a bug in one pass must not stop the store loop for good
+                logger.exception("shared store: pass failed")
+                self._failures += 1
+
+    async def sync_store(self) -> None:
+        rec = self.rec
+        ready = rec.topology.ready_nodes()
+        desired = {uid: d for uid in rec.resources if (d := rec.shared_desired(uid)) is not None}
+        plan = planner.plan_store(
+            desired,
+            list(self.inventory.instances.values()),
+            held=rec.held_resources(),
+            known_resources=rec.resources.keys(),
+            ready_nodes=ready.keys(),
+            taken_over=rec.taken_over,
+        )
+        self.waiting = bool(plan.waiting)
+        failed = False
+        for wanted in plan.creates:
+            failed |= not await self._create(wanted, ready)
+        for removal in plan.removals:
+            failed |= not await self._remove(removal, ready)
+        self._failures = self._failures + 1 if failed else 0
+        await rec.finish_shared_cleanups(self.holders())
+
+    def holders(self) -> set[str]:
+        """The resources that still have an instance in the store."""
+        owners = (identity.parse_ownership(i.tags) for i in self.inventory.instances.values())
+        return {owner.resource_uid for owner in owners if owner is not None}
+
+    def _daemons(self, ready: Mapping[str, str], preferred: Iterable[str]) -> list[tuple[str, DaemonClient]]:
+        """Daemons to write through, the instance's own nodes first (any would do)."""
+        order = [node for node in sorted(preferred) if node in ready]
+        order += [node for node in sorted(ready) if node not in set(order)]
+        return [(node, self.rec.pool.get(ready[node])) for node in order[:MAX_DAEMONS_TRIED]]
+
+    async def _create(self, wanted: planner.DesiredInstance, ready: Mapping[str, str]) -> bool:
+        instance = wanted.instance
+        targets = planner.runs_on(instance, wanted.owner, ready.keys())
+        last: errors.DaemonError | None = None
+        for node, client in self._daemons(ready, targets):
+            try:
+                await client.create_instance(instance, event_buffer_length=wanted.event_buffer_length)
+            except errors.InstanceAlreadyExists:
+                pass  # the ID and name are derived from the resource, spec and node set: it is ours
+            except errors.DaemonUnreachable as error:
+                last = error
+                continue
+            except errors.DaemonError as error:
+                logger.warning("shared store: creating %s through %s failed: %s", instance.id, node, error)
+                self.rec.record_store_failure(wanted.owner.resource_uid, instance.id, targets, error.message)
+                return False
+            else:
+                metrics.INSTANCES_CREATED.inc()
+                logger.info("created instance %s of %s through %s", instance.id, wanted.owner.resource, node)
+            self.inventory.created(instance)
+            self.rec.wake_nodes(targets, relist=True)
+            return True
+        if last is not None:
+            self.rec.record_store_failure(wanted.owner.resource_uid, instance.id, targets, str(last))
+        return False
+
+    async def _remove(self, removal: planner.Removal, ready: Mapping[str, str]) -> bool:
+        if removal.verify_owner and not await self.rec.owner_gone(removal.owner):
+            return True
+        stored = self.inventory.instances.get(removal.instance_id)
+        runs_on = planner.runs_on(stored, removal.owner, ready.keys()) if stored is not None else set()
+        last: errors.DaemonError | None = None
+        for node, client in self._daemons(ready, runs_on):
+            try:
+                await client.remove_instance(removal.instance_id)
+            except errors.InstanceNotFound:
+                pass
+            except errors.DaemonUnreachable as error:
+                last = error
+                continue
+            except errors.DaemonError as error:
+                logger.warning("shared store: removing %s through %s failed: %s", removal.instance_id, node, error)
+                last = error
+                break
+            else:
+                metrics.INSTANCES_REMOVED.inc()
+                logger.info(
+                    "removed instance %s of %s through %s (%s)",
+                    removal.instance_id,
+                    removal.owner.resource,
+                    node,
+                    removal.reason,
+                )
+            self.inventory.removed(removal.instance_id)
+            self.rec.wake_nodes(runs_on, relist=True)
+            return True
+        if last is not None and removal.owner.resource_uid in self.rec.cleanup:
+            message = f"cannot remove instance {removal.instance_id} from the store: {last}"
+            self.rec.record_store_failure(removal.owner.resource_uid, "", runs_on or set(ready), message)
+        return last is None
+
+    # -- one node: what its daemon runs ------------------------------------------------------------
+
+    async def observe_node(self, worker: NodeWorker, client: DaemonClient) -> dict[str, model.GadgetInstance]:
+        """What ``worker``'s daemon reports of our stored instances that IG runs on its node, by ID
+        (``DaemonUnreachable`` when it cannot be asked)."""
+        node = worker.node
+        expected = [i for i in self.inventory.runs_on(node) if identity.parse_ownership(i.tags) is not None]
+        if not expected:
+            return {}
+        if self.inventory.lists_on(node):
+            try:
+                listed = await client.list_instances()
+            except errors.DaemonUnreachable:
+                raise
+            except errors.DaemonError:
+                pass  # IG's List fails on an instance it has not started yet: look at each one instead
+            else:
+                return {i.id: i for i in listed}
+        return await self._get_each(client, [i.id for i in expected], width=self.rec.limits.per_node)
+
+    @staticmethod
+    async def _get_each(client: DaemonClient, ids: list[str], *, width: int) -> dict[str, model.GadgetInstance]:
+        reported: dict[str, model.GadgetInstance] = {}
+
+        async def get(instance_id: str) -> None:
+            try:
+                reported[instance_id] = await client.get_instance(instance_id)
+            except errors.DaemonUnreachable:
+                raise
+            except errors.DaemonError:
+                pass  # not started on this node (yet): IG answers "gadget not found"
+
+        await executor.each(ids, get, width)
+        return reported
