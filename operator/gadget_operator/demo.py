@@ -72,11 +72,11 @@ class Demo:
                 Text(phase, style=PHASE_STYLE.get(phase, "")),
                 status.get("message", ""),
             )
-        daemons = Table(title="gadget instances on each node (what `gadget list` shows)")
+        daemons = Table(title="gadget instances each node's daemon runs")
         daemons.add_column("NODE")
         daemons.add_column("INSTANCES")
         for name, node in sorted(self.fleet.nodes.items()):
-            owned = [i for i in node.state.list() if identity.parse_ownership(i.tags) is not None]
+            owned = [i for i in node.running().values() if identity.parse_ownership(i.tags) is not None]
             daemons.add_row(name, ", ".join(sorted(i.name for i in owned)) or "-")
         return Group(Text(self.step, style="bold"), table, daemons)
 
@@ -152,12 +152,12 @@ async def play(demo: Demo) -> None:
         await demo.until(
             live,
             f"3. the operator's periodic sync of {victim.name} re-creates what the restart lost",
-            lambda: bool(victim.state.list()) and demo.settled(),
+            lambda: bool(victim.running()) and demo.settled(),
         )
         for name in demo.names:
             demo.emulator.delete(f"{resource.GROUP}/{resource.VERSION}", resource.PLURAL, name, "default")
         await demo.until(
             live,
             "4. deleted every resource: the finalizer removes the instances from every node first",
-            lambda: not demo.resources() and not any(node.state.list() for node in demo.fleet.nodes.values()),
+            lambda: not demo.resources() and not any(node.running() for node in demo.fleet.nodes.values()),
         )
