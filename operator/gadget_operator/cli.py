@@ -8,12 +8,14 @@ underscores), which is how the Deployment and the Helm chart configure it; ``--n
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import json
 import logging
 import random
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 import yaml
@@ -30,6 +32,11 @@ from gadget_operator.settings import (
     Settings,
     TLSSettings,
 )
+
+if TYPE_CHECKING:
+    import aiohttp.web
+
+    from gadget_operator.simulator.server import Fleet
 
 ENV_PREFIX = "GADGET_OPERATOR"
 
@@ -286,6 +293,28 @@ def configure_logging(log_format: str, verbose: bool) -> None:
 @click.option("--unknown-image", multiple=True, help="An image that cannot be pulled (instance goes to Error).")
 @click.option("--latency", default=0.0, type=click.FloatRange(min=0), help="Seconds added to every call.")
 @click.option("--static-nodes-out", type=click.Path(dir_okay=False), help="Write the node -> address map here.")
+@click.option(
+    "--daemon-store",
+    type=click.Choice([store.value for store in DaemonStore]),
+    default=DaemonStore.PER_NODE.value,
+    show_default=True,
+    help="per-node: standalone ig daemons (--store/--no-store apply); shared: pods of IG's DaemonSet on one "
+    "ConfigMap store in --store-namespace of the API server at --kube-server.",
+)
+@click.option("--kube-server", default=None, help="shared: URL of the API server that holds the ConfigMap store.")
+@click.option("--store-namespace", default="gadget", show_default=True, help="shared: namespace of the ConfigMaps.")
+@click.option(
+    "--init-delay",
+    default=None,
+    type=click.FloatRange(min=0),
+    help="Seconds from a run starting to the gadget being initialized (default: the simulator's, 0.05).",
+)
+@click.option(
+    "--stats-port",
+    default=None,
+    type=click.IntRange(1, 65535),
+    help="Serve GET http://127.0.0.1:PORT/stats: calls per method and instances running, summed over the nodes.",
+)
 def simulate(
     count: int,
     prefix: str,
@@ -295,29 +324,81 @@ def simulate(
     unknown_image: tuple[str, ...],
     latency: float,
     static_nodes_out: str | None,
+    daemon_store: str,
+    kube_server: str | None,
+    store_namespace: str,
+    init_delay: float | None,
+    stats_port: int | None,
 ) -> None:
     """Serve simulated gadget daemons (the IG wire protocol) until interrupted."""
+    import dataclasses
     import tempfile
 
-    from gadget_operator.simulator.server import Fleet
+    from gadget_operator.simulator.state import DEFAULT_TIMING
+
+    shared = DaemonStore(daemon_store) is DaemonStore.SHARED
+    if shared and not kube_server:
+        raise click.UsageError("--daemon-store shared needs --kube-server URL")
+    timing = DEFAULT_TIMING if init_delay is None else dataclasses.replace(DEFAULT_TIMING, init_delay=init_delay)
 
     async def serve() -> None:
+        from kubernetes.aio import client as kclient
+
+        from gadget_operator.simulator.configmap_store import ConfigMapStore
+        from gadget_operator.simulator.server import Fleet
+
         base = Path(directory) if directory else Path(tempfile.mkdtemp(prefix="gadget-sim-"))
-        fleet = Fleet(base, transport=transport, stored=store, unknown_images=unknown_image)
-        await fleet.start(count, prefix=prefix)
-        for node in fleet.nodes.values():
-            node.faults.latency = latency
-        if static_nodes_out:
-            fleet.write_static_nodes(Path(static_nodes_out))
-        click.echo(yaml.safe_dump(fleet.addresses()), nl=False)
-        click.echo(f"serving {count} simulated daemons; Ctrl-C stops", err=True)
+        api = kclient.ApiClient(kclient.Configuration(host=kube_server)) if shared else None
+        if api is not None:
+            api.user_agent = "gadget-operator-simulate"  # tells the daemons' API requests from the operator's
+        fleet = Fleet(
+            base,
+            transport=transport,
+            stored=store,
+            unknown_images=unknown_image,
+            timing=timing,
+            shared_store=ConfigMapStore(api, store_namespace) if api is not None else None,
+        )
+        stats = None
         try:
+            await fleet.start(count, prefix=prefix)
+            for node in fleet.nodes.values():
+                node.faults.latency = latency
+            if stats_port:
+                stats = await serve_stats(fleet, stats_port)
+            if static_nodes_out:
+                fleet.write_static_nodes(Path(static_nodes_out))
+            click.echo(yaml.safe_dump(fleet.addresses()), nl=False)
+            click.echo(f"serving {count} simulated daemons; Ctrl-C stops", err=True)
             await asyncio.Event().wait()
         finally:
+            if stats is not None:
+                await stats.cleanup()
             await fleet.stop()
+            if api is not None:
+                await api.close()  # type: ignore[no-untyped-call]
 
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(serve())
+
+
+async def serve_stats(fleet: Fleet, port: int) -> aiohttp.web.AppRunner:
+    """``GET /stats`` on 127.0.0.1: what the simulated daemons were asked and what they run, for benchmarks."""
+    from aiohttp import web
+
+    async def stats(_: web.Request) -> web.Response:
+        calls: collections.Counter[str] = collections.Counter()
+        for node in fleet.nodes.values():
+            calls.update(node.calls)
+        running = sum(len(node.running()) for node in fleet.nodes.values())
+        return web.json_response({"nodes": len(fleet.nodes), "calls": dict(calls), "running": running})
+
+    app = web.Application()
+    app.router.add_get("/stats", stats)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    return runner
 
 
 @main.command()

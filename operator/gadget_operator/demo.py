@@ -118,6 +118,7 @@ async def run(count: int) -> None:
             fleet.write_static_nodes(Path(directory) / "nodes.yaml"),
             kube_server=url,
             extra_args=["--resync-interval", "2"],
+            log_dir=Path(directory),
         )
         demo = Demo(emulator, fleet, console)
         try:

@@ -200,7 +200,7 @@ class Reconciler:
                 return
             self.cleanup[uid] = set(self.topology.ready_nodes())
             self.writer.mark(uid)
-            self._wake(self.cleanup[uid])
+            self.wake_nodes(self.cleanup[uid])
             if not self.cleanup[uid]:
                 await self._finish_cleanup(uid)
             return
@@ -208,7 +208,7 @@ class Reconciler:
             self._check_spec(gi)
             self._update_desired(gi)
             self.writer.mark(uid)
-            self._wake(self._nodes_touched(previous, gi))
+            self.wake_nodes(self._nodes_touched(previous, gi))
             if self.shared is not None:
                 self.shared.wake()
         elif previous.status != gi.status:
@@ -270,9 +270,6 @@ class Reconciler:
                 self.writer.mark(uid)
         for uid in list(self.cleanup):
             self._node_clean(uid, node)
-
-    def _wake(self, nodes: set[str]) -> None:
-        self.wake_nodes(nodes)
 
     def wake_nodes(self, nodes: set[str], *, relist: bool = False) -> None:
         for node in nodes:
@@ -489,6 +486,8 @@ class Reconciler:
         since = previous.since if previous is not None and previous.state == outcome.state else self.clock()
         per_node[node] = NodeOutcome(node, outcome.state, outcome.instance_id, outcome.message, since)
         self.writer.mark(uid)
+        if self.shared is not None and self.shared.waiting:
+            self.shared.wake()  # an old instance may go once its replacement has taken over here
 
     # -- status ----------------------------------------------------------------------------------------
 
@@ -745,11 +744,17 @@ class Reconciler:
             if (o := per_node.get(node)) is not None
         )
 
-    def record_store_failure(self, uid: str, instance_id: str, nodes: set[str], message: str) -> None:
+    def record_store_failure(
+        self, uid: str, instance_id: str, nodes: set[str], error: errors.DaemonError, *, removing: bool = False
+    ) -> None:
         """A write to the shared store failed: every node it was for says why."""
-        state = NodeState.UNREACHABLE if uid in self.cleanup else NodeState.FAILED
+        unreachable = isinstance(error, errors.DaemonUnreachable)
+        message = str(error) if unreachable else error.message
+        if removing:
+            message = f"cannot remove the instance from IG's store: {message}"
+        outcome = NodeOutcome("", NodeState.UNREACHABLE if unreachable else NodeState.FAILED, instance_id, message)
         for node in nodes:
-            self._set_outcome(uid, node, NodeOutcome(node, state, instance_id, message))
+            self._set_outcome(uid, node, replace(outcome, node=node))
 
     async def finish_shared_cleanups(self, holders: set[str]) -> None:
         """Deletions whose resource has no instance left in the shared store are done."""
@@ -795,7 +800,7 @@ class Reconciler:
             if gi.spec is not None and validation.check_key(gi.spec) == key:
                 self._update_desired(gi)
                 self.writer.mark(gi.uid)
-                self._wake({node for node in self.workers if self._targets(gi, node)})
+                self.wake_nodes({node for node in self.workers if self._targets(gi, node)})
         if self.shared is not None:
             self.shared.wake()
 

@@ -82,9 +82,12 @@ class GadgetInstanceSpec:
     suspend: bool = False
     digest: str = field(init=False, compare=False, repr=False)
     """Hash of ``daemon_payload``, computed once: it names every instance of this spec."""
+    check_digest: str = field(init=False, compare=False, repr=False)
+    """Hash of what a dry run of the gadget depends on (image and parameters), computed once."""
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "digest", identity.spec_hash(self.daemon_payload()))
+        object.__setattr__(self, "check_digest", identity.spec_hash({"image": self.image, "params": dict(self.params)}))
 
     def targets(self, node: str, labels: Mapping[str, str]) -> bool:
         """Whether this spec wants an instance on ``node`` (both the list and the selector must agree)."""

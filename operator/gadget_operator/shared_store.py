@@ -128,7 +128,7 @@ class SharedPlacement:
                 continue
             except errors.DaemonError as error:
                 logger.warning("shared store: creating %s through %s failed: %s", instance.id, node, error)
-                self.rec.record_store_failure(wanted.owner.resource_uid, instance.id, targets, error.message)
+                self.rec.record_store_failure(wanted.owner.resource_uid, instance.id, targets, error)
                 return False
             else:
                 metrics.INSTANCES_CREATED.inc()
@@ -137,7 +137,7 @@ class SharedPlacement:
             self.rec.wake_nodes(targets, relist=True)
             return True
         if last is not None:
-            self.rec.record_store_failure(wanted.owner.resource_uid, instance.id, targets, str(last))
+            self.rec.record_store_failure(wanted.owner.resource_uid, instance.id, targets, last)
         return False
 
     async def _remove(self, removal: planner.Removal, ready: Mapping[str, str]) -> bool:
@@ -171,8 +171,7 @@ class SharedPlacement:
             self.rec.wake_nodes(runs_on, relist=True)
             return True
         if last is not None and removal.owner.resource_uid in self.rec.cleanup:
-            message = f"cannot remove instance {removal.instance_id} from the store: {last}"
-            self.rec.record_store_failure(removal.owner.resource_uid, "", runs_on or set(ready), message)
+            self.rec.record_store_failure(removal.owner.resource_uid, "", runs_on or set(ready), last, removing=True)
         return last is None
 
     # -- one node: what its daemon runs ------------------------------------------------------------

@@ -13,8 +13,6 @@ rejected spec is not retried until it changes (or the operator restarts).
 
 from __future__ import annotations
 
-import hashlib
-import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
@@ -34,8 +32,7 @@ class Verdict:
 
 def check_key(spec: GadgetInstanceSpec) -> str:
     """What a dry run depends on: the image and the parameters (not tags, nodes or log level)."""
-    payload = json.dumps([spec.image, dict(sorted(spec.params.items()))], separators=(",", ":"))
-    return hashlib.sha256(payload.encode()).hexdigest()[:24]
+    return spec.check_digest
 
 
 def dry_run_order(spec: GadgetInstanceSpec, nodes: Iterable[str]) -> list[str]:

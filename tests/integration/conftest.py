@@ -65,6 +65,7 @@ def new_operator(cluster: Cluster, static_nodes: Path, *extra: str) -> OperatorP
         static_nodes,
         kube_server=cluster.server,
         kubeconfig=cluster.kubeconfig,
+        log_dir=static_nodes.parent,
         extra_args=[
             "--namespace",
             cluster.namespace,
@@ -207,7 +208,9 @@ async def daemon_pods(cluster: tuple[Cluster, KubeEmulator | None], count: int, 
     directory = Path(tempfile.mkdtemp(prefix="gp-"))
     fleet = Fleet(directory, transport="tcp", shared_store=ConfigMapStore(test_cluster.api, "gadget"))
     pool = DaemonPool(timeout=5.0)
-    operator = OperatorProcess(None, kube_server=test_cluster.server, extra_args=["--discovery", "pods", *extra])
+    operator = OperatorProcess(
+        None, kube_server=test_cluster.server, extra_args=["--discovery", "pods", *extra], log_dir=directory
+    )
     env = PodsEnv(test_cluster, emulator, Nodes(fleet, pool), operator)
     try:
         await fleet.start(count, prefix="node-")

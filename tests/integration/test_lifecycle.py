@@ -425,7 +425,10 @@ async def test_the_operator_authenticates_with_a_kubeconfig_as_in_a_cluster(env:
     )
     await env.operator.stop()
     env.operator = OperatorProcess(
-        env.static_nodes, kubeconfig=str(kubeconfig), extra_args=["--namespace", env.cluster.namespace]
+        env.static_nodes,
+        kubeconfig=str(kubeconfig),
+        extra_args=["--namespace", env.cluster.namespace, *env.store_args],
+        log_dir=tmp_path,
     )
     await env.operator.start()
 

@@ -92,6 +92,7 @@ async def test_pod_ip_transport_dials_the_pod_ip_and_daemon_port(
         None,
         kube_server=test_cluster.server,
         extra_args=["--discovery", "pods", "--daemon-transport", "pod-ip", "--daemon-port", str(port)],
+        log_dir=directory,
     )
     try:
         # Each "pod" gets its own loopback address and the DaemonSet's one port, as pod IPs would.

@@ -39,16 +39,30 @@ class OperatorProcess:
         kube_server: str | None = None,
         kubeconfig: str | None = None,
         extra_args: Sequence[str] = (),
+        log_dir: Path | None = None,
     ) -> None:
+        """``log_dir``: where the operator's log goes (a test's own directory, removed with it);
+        default: a file in the system temp directory, kept for a look after a benchmark or the demo."""
         self.static_nodes = static_nodes
         self.kube_server = kube_server
         self.kubeconfig = kubeconfig
         self.extra_args = list(extra_args)
-        self.log_path = Path(tempfile.mkstemp(prefix="gadget-operator-", suffix=".log")[1])
+        self.log_path = Path(tempfile.mkstemp(prefix="gadget-operator-", suffix=".log", dir=log_dir)[1])
         self.process: asyncio.subprocess.Process | None = None
         self.liveness_port = 0
 
-    async def start(self, *, within: float = 30.0) -> None:
+    async def start(self, *, within: float = 30.0, attempts: int = 3) -> None:
+        """Start and wait until alive. The liveness port is picked free just before, so another process
+        may take it first: then the operator exits at once, and it is started again on another port."""
+        for attempt in range(attempts):
+            try:
+                await self._start(within)
+                return
+            except RuntimeError:
+                if attempt + 1 == attempts or "address already in use" not in self.logs():
+                    raise
+
+    async def _start(self, within: float) -> None:
         self.liveness_port = free_port()
         args = ["-m", "gadget_operator", "run"]
         if self.static_nodes is not None:
