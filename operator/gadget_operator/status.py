@@ -45,6 +45,7 @@ _LISTING_ORDER = {
     NodeState.RUNNING: 4,
 }
 _MESSAGES_IN_CONDITION = 3
+_NODES_NAMED = 3
 # The CRD caps status strings (a node message at 4096, the summary at 32768): a longer daemon error
 # would get every status write refused, so it is clipped here.
 MAX_NODE_MESSAGE = 1024
@@ -145,11 +146,7 @@ def _judge(
     deleting: bool,
 ) -> tuple[Phase, str, list[Condition]]:
     """Phase, summary and conditions; the order of the checks is the order of precedence."""
-    problems = "; ".join(
-        f"{o.node}: {clip(o.message, MAX_NODE_MESSAGE) or o.state.value}" for o in broken[:_MESSAGES_IN_CONDITION]
-    )
-    if len(broken) > _MESSAGES_IN_CONDITION:
-        problems += f"; and {len(broken) - _MESSAGES_IN_CONDITION} more"
+    problems = summarize(broken)
     if deleting:
         message = f"removing instances from {cleaning} node(s)" if cleaning else "removing instances"
         if broken:
@@ -195,6 +192,28 @@ def _judge(
             Condition("Degraded", failed > 0, "NodesFailed" if failed else "NoFailures", problems),
         ],
     )
+
+
+def summarize(broken: list[NodeOutcome]) -> str:
+    """The problems of many nodes, said once per distinct message: the same pull error on 200 nodes is
+    one line with the count and a few node names, not 200 lines. Largest groups first."""
+    groups: dict[str, list[str]] = {}
+    for outcome in broken:
+        groups.setdefault(clip(outcome.message, MAX_NODE_MESSAGE) or outcome.state.value, []).append(outcome.node)
+    ordered = sorted(groups.items(), key=lambda item: (-len(item[1]), item[1][0]))
+    parts = []
+    for message, nodes in ordered[:_MESSAGES_IN_CONDITION]:
+        if len(nodes) == 1:
+            parts.append(f"{nodes[0]}: {message}")
+            continue
+        named = ", ".join(nodes[:_NODES_NAMED])
+        if len(nodes) > _NODES_NAMED:
+            named += f" and {len(nodes) - _NODES_NAMED} more"
+        parts.append(f"{message} (on {len(nodes)} nodes: {named})")
+    left = sum(len(nodes) for _, nodes in ordered[_MESSAGES_IN_CONDITION:])
+    if left:
+        parts.append(f"and {left} more")
+    return "; ".join(parts)
 
 
 def _settled(

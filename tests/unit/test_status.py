@@ -118,9 +118,19 @@ def test_exactly_three_failures_are_listed_without_a_remainder() -> None:
     status = compute_status(
         observed(),
         desired_nodes=["a", "b", "c", "d"],
-        outcomes=outcomes(running("d"), *(failed(n, "x") for n in "abc")),
+        outcomes=outcomes(running("d"), *(failed(n, f"x{n}") for n in "abc")),
     )
-    assert conditions(status)["Degraded"]["message"] == "a: x; b: x; c: x"
+    assert conditions(status)["Degraded"]["message"] == "a: xa; b: xb; c: xc"
+
+
+def test_the_same_error_on_many_nodes_is_said_once_with_the_count_and_a_few_names() -> None:
+    pull = "fetching gadget image: not found"
+    nodes = [f"n{i:03d}" for i in range(200)]
+    broken = [failed(node, pull) for node in nodes[:150]] + [failed("n150", "refused")]
+    status = compute_status(observed(), desired_nodes=nodes, outcomes=outcomes(*broken))
+    degraded = conditions(status)["Degraded"]["message"]
+    assert degraded == f"{pull} (on 150 nodes: n000, n001, n002 and 147 more); n150: refused"
+    assert degraded.count(pull) == 1
 
 
 def test_failures_alongside_pending_nodes_are_degraded_not_failed() -> None:
