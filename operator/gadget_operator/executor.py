@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from typing import TypeVar
 
@@ -91,8 +91,10 @@ async def execute(
     limits: Limits,
     owner_gone: OwnerGone,
     node_gone: NodeGone | None = None,
+    proven: Collection[str] = (),
 ) -> PassResult:
-    """Run ``plan``; ``actual`` (the node's instances by ID) is updated in place as calls succeed."""
+    """Run ``plan``; ``actual`` (the node's instances by ID) is updated in place as calls succeed.
+    ``proven``: the instances proven running on the node, which the instances they replace wait for."""
     result = PassResult()
     for wanted, instance in plan.present:
         result.outcomes[wanted.owner.resource_uid] = outcome_of(instance)
@@ -120,8 +122,8 @@ async def execute(
     await each(plan.creates, create, limits.per_node)
 
     async def remove(removal: planner.Removal) -> None:
-        if removal.after_create is not None and removal.after_create not in actual:
-            return  # the replacement was not created: keep the old instance running
+        if removal.after_proven is not None and removal.after_proven not in proven:
+            return  # the replacement does not run here (yet): keep the old instance running
         if removal.verify_owner and not await owner_gone(removal.owner):
             return
         if removal.verify_node and (node_gone is None or not await node_gone(removal.owner.node)):

@@ -14,8 +14,9 @@ Rules, in order, for each instance the daemon lists:
    would ever clean it up, and a just-restarted operator may not have seen every Node yet.
 3. Its ID is desired here: kept; its daemon-reported state becomes the node's outcome.
 4. Its resource is held (its new spec is still being checked by a dry run, or was rejected): kept.
-5. Its resource still wants an instance here under another spec: removed only after the new one is
-   created (``Removal.after_create``), so a spec change never leaves the node with nothing running.
+5. Its resource still wants an instance here under another spec: removed only once the new one is
+   proven running on this node (``Removal.after_proven``), so a spec change never leaves the node with
+   nothing running, and a new spec that fails here leaves the old instance running.
 6. Its resource is known and no longer wants it here (suspended, deleted, selector changed): removed.
 7. Its resource is unknown to this process: a candidate orphan (``Removal.verify_owner``). The caller
    confirms with the API server that the resource is really gone before removing, because a
@@ -48,8 +49,8 @@ class Removal:
     instance_id: str
     owner: identity.Ownership
     reason: str
-    after_create: str | None = None
-    """Remove only once the create of this instance ID has succeeded (spec change: new before old)."""
+    after_proven: str | None = None
+    """Remove only once this instance ID is proven running on the node (spec change: new before old)."""
     verify_owner: bool = False
     """The owner is unknown here: remove only if the API server confirms it is gone."""
     verify_node: bool = False
@@ -103,21 +104,14 @@ def plan_node(
         elif owner.resource_uid in held:
             continue
         elif (replacement := desired_by_owner.get(owner.resource_uid)) is not None:
-            removals.append(Removal(instance.id, owner, "the spec changed", after_create=replacement.instance.id))
+            removals.append(Removal(instance.id, owner, "the spec changed", after_proven=replacement.instance.id))
         elif owner.resource_uid in known_resources:
             removals.append(Removal(instance.id, owner, "no longer wanted on this node"))
         else:
             removals.append(Removal(instance.id, owner, "its resource is gone", verify_owner=True))
 
     creates = tuple(d for instance_id, d in desired_by_id.items() if instance_id not in listed_ids)
-    # A replacement that already runs needs no wait: drop the dependency.
-    resolved = tuple(
-        Removal(r.instance_id, r.owner, r.reason, None, r.verify_owner, r.verify_node)
-        if r.after_create is not None and r.after_create in listed_ids
-        else r
-        for r in removals
-    )
-    return NodePlan(node=node, creates=creates, removals=resolved, present=tuple(present))
+    return NodePlan(node=node, creates=creates, removals=tuple(removals), present=tuple(present))
 
 
 def desired_instance(resource: GadgetInstanceResource, node: str) -> DesiredInstance:

@@ -339,7 +339,13 @@ class Reconciler:
             held=self.held_resources(),
         )
         result = await executor.execute(
-            plan, client, worker.actual, limits=self.limits, owner_gone=self.owner_gone, node_gone=self._node_gone
+            plan,
+            client,
+            worker.actual,
+            limits=self.limits,
+            owner_gone=self.owner_gone,
+            node_gone=self._node_gone,
+            proven=worker.proven,
         )
         metrics.INSTANCES_CREATED.inc(result.created)
         metrics.INSTANCES_REMOVED.inc(result.removed)
@@ -351,6 +357,7 @@ class Reconciler:
             worker.failures = 0
         if result.unreachable is None and worker.actual is not None:
             await self._judge(worker, client, desired, worker.actual, result.outcomes)
+            self._protect(worker, plan, result.outcomes)
         self._record(node, desired, result.outcomes)
         if result.unreachable is None:
             await self._check_cleanup(node, worker.actual or {})
@@ -435,6 +442,25 @@ class Reconciler:
             self._recheck(worker)
         else:
             worker.recheck_delay = 0.0
+
+    def _protect(
+        self, worker: NodeWorker, plan: planner.NodePlan, outcomes: dict[str, executor.InstanceOutcome]
+    ) -> None:
+        """Spec changes on this node: an old instance goes once its replacement is proven (another pass,
+        at once); while the replacement fails, the old one keeps running and the node says so."""
+        actual = worker.actual or {}
+        for removal in plan.removals:
+            replacement = removal.after_proven
+            if replacement is None or removal.instance_id not in actual:
+                continue
+            if replacement in worker.proven:
+                worker.wake()
+                continue
+            uid = removal.owner.resource_uid
+            outcome = outcomes.get(uid)
+            if outcome is not None and outcome.instance_id == replacement and outcome.state is NodeState.FAILED:
+                message = f"{outcome.message} (the previous spec's instance {removal.instance_id} keeps running)"
+                outcomes[uid] = executor.InstanceOutcome(NodeState.FAILED, replacement, message)
 
     def _recheck(self, worker: NodeWorker) -> None:
         """Look at the node again soon: a gadget still starting, or an error IG reports only after

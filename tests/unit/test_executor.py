@@ -109,6 +109,7 @@ async def execute(
     *,
     limits: executor.Limits | None = None,
     owner_gone: executor.OwnerGone = never_gone,
+    proven: set[str] | None = None,
 ) -> executor.PassResult:
     return await executor.execute(
         plan,
@@ -116,6 +117,7 @@ async def execute(
         actual if actual is not None else dict(daemon.instances),
         limits=limits or executor.Limits(64, 8),
         owner_gone=owner_gone,
+        proven=proven or set(),
     )
 
 
@@ -182,16 +184,22 @@ async def test_a_rejected_create_fails_that_resource_only() -> None:
 # -- spec changes: new before old ------------------------------------------------------------------------
 
 
-async def test_a_spec_change_creates_the_new_instance_before_removing_the_old_one() -> None:
+async def test_a_spec_change_creates_the_new_instance_and_keeps_the_old_one_until_the_new_is_proven() -> None:
     old = planner.desired_instance(gi("a", "uid-a", params={"v": "1"}), "n1")
     new = planner.desired_instance(gi("a", "uid-a", params={"v": "2"}), "n1")
     daemon = FakeDaemon({old.instance.id: running(old)})
     actual = dict(daemon.instances)
-    result = await execute(plan_for([new], [running(old)]), daemon, actual)
-    assert daemon.calls == [("create", new.instance.id), ("remove", old.instance.id)]
-    assert (result.created, result.removed) == (1, 1)
+    first = await execute(plan_for([new], [running(old)]), daemon, actual)
+    assert daemon.calls == [("create", new.instance.id)]
+    assert (first.created, first.removed) == (1, 0)
+    assert set(actual) == set(daemon.instances) == {old.instance.id, new.instance.id}
+
+    # The next pass, once the new instance is proven running on the node: the old one goes.
+    second = await execute(plan_for([new], list(actual.values())), daemon, actual, proven={new.instance.id})
+    assert daemon.called("remove") == [old.instance.id]
+    assert second.removed == 1
     assert set(actual) == set(daemon.instances) == {new.instance.id}
-    assert result.outcomes["uid-a"] == executor.InstanceOutcome(NodeState.RUNNING, new.instance.id)
+    assert second.outcomes["uid-a"] == executor.InstanceOutcome(NodeState.RUNNING, new.instance.id)
 
 
 async def test_when_the_replacement_cannot_be_created_the_old_instance_keeps_running() -> None:

@@ -54,20 +54,20 @@ def test_foreign_instances_are_never_touched() -> None:
     assert plan("n1", [], [foreign]).is_noop
 
 
-def test_a_spec_change_removes_the_old_instance_only_after_the_new_one_exists() -> None:
+def test_a_spec_change_removes_the_old_instance_only_once_the_new_one_is_proven() -> None:
     old = planner.desired_instance(gi("a", "uid-a", params={"v": "1"}), "n1")
     new = planner.desired_instance(gi("a", "uid-a", params={"v": "2"}), "n1")
     result = plan("n1", [new], [listed(old)])
     assert result.creates == (new,)
-    assert [(r.instance_id, r.after_create) for r in result.removals] == [(old.instance.id, new.instance.id)]
+    assert [(r.instance_id, r.after_proven) for r in result.removals] == [(old.instance.id, new.instance.id)]
 
 
-def test_when_the_replacement_already_runs_the_old_instance_goes_at_once() -> None:
+def test_a_replacement_the_daemon_lists_still_has_to_be_proven_before_the_old_instance_goes() -> None:
     old = planner.desired_instance(gi("a", "uid-a", params={"v": "1"}), "n1")
     new = planner.desired_instance(gi("a", "uid-a", params={"v": "2"}), "n1")
     result = plan("n1", [new], [listed(old), listed(new)])
     assert result.creates == ()
-    assert [(r.instance_id, r.after_create) for r in result.removals] == [(old.instance.id, None)]
+    assert [(r.instance_id, r.after_proven) for r in result.removals] == [(old.instance.id, new.instance.id)]
 
 
 def test_instances_of_a_known_resource_no_longer_wanted_here_are_removed() -> None:
