@@ -48,6 +48,8 @@ class PassResult:
     removed: int = 0
     unreachable: str | None = None
     """Set when the daemon stopped answering during the pass; the node needs a fresh list and backoff."""
+    removal_errors: dict[str, str] = field(default_factory=dict)
+    """Per resource UID: why removing one of its instances failed (the daemon's answer)."""
 
 
 class Limits:
@@ -137,6 +139,7 @@ async def execute(
             return
         except errors.DaemonError as error:
             logger.warning("node %s: removing %s failed: %s", plan.node, removal.instance_id, error)
+            result.removal_errors[removal.owner.resource_uid] = f"removing the instance failed: {error.message}"
             return
         logger.info(
             "node %s: removed instance %s of %s (%s)",

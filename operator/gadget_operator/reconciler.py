@@ -24,7 +24,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
@@ -44,6 +44,8 @@ logger = logging.getLogger(__name__)
 Clock = Callable[[], datetime]
 WARNING_PHASES = frozenset({"Degraded", "Failed"})
 CHECKING = "checking the gadget image and parameters with a dry run on a daemon"
+REMOVING = "removing the instance"
+_BLOCKED = (NodeState.FAILED, NodeState.UNREACHABLE)
 
 
 def utcnow() -> datetime:
@@ -350,15 +352,16 @@ class Reconciler:
         metrics.INSTANCES_CREATED.inc(result.created)
         metrics.INSTANCES_REMOVED.inc(result.removed)
         metrics.NODE_PASSES.labels(result="ok" if result.unreachable is None else "unreachable").inc()
+        holding = _holding(node, worker.actual)
         if result.unreachable is not None:
             worker.failures += 1
             worker.actual = None
+            self._may_still_run(node, desired, NodeState.UNREACHABLE, result.unreachable)
         else:
             worker.failures = 0
-        if result.unreachable is None and worker.actual is not None:
             await self._judge(worker, client, desired, worker.actual, result.outcomes)
             self._protect(worker, plan, result.outcomes)
-        self._record(node, desired, result.outcomes)
+        self._record(node, desired, result.outcomes, holding, result.removal_errors)
         if result.unreachable is None:
             await self._check_cleanup(node, worker.actual or {})
         else:
@@ -395,7 +398,7 @@ class Reconciler:
                     NodeState.PENDING, instance_id, readiness.NOT_STARTED
                 )
         await self._judge(worker, client, desired, reported, outcomes)
-        self._record(node, desired, outcomes)
+        self._record(node, desired, outcomes, _holding(node, {i.id: i for i in self.shared.inventory.runs_on(node)}))
 
     async def _judge(
         self,
@@ -478,14 +481,34 @@ class Reconciler:
         worker.wake(relist=True)
 
     def _record(
-        self, node: str, desired: list[planner.DesiredInstance], outcomes: dict[str, executor.InstanceOutcome]
+        self,
+        node: str,
+        desired: list[planner.DesiredInstance],
+        outcomes: dict[str, executor.InstanceOutcome],
+        holding: Mapping[str, str],
+        removal_errors: Mapping[str, str] | None = None,
     ) -> None:
+        """Record one node's outcomes. ``holding``: the resources that still have an instance on the node
+        (by UID, its ID); one that wants nothing here any more is shown as Removing, or why removal
+        fails, until the instance is gone."""
         wanted = {d.owner.resource_uid for d in desired}
         for uid, outcome in outcomes.items():
             self._set_outcome(uid, node, NodeOutcome(node, outcome.state, outcome.instance_id, outcome.message))
         for uid, per_node in self.outcomes.items():
-            if uid not in wanted and uid not in self.cleanup and per_node.pop(node, None) is not None:
+            if uid in wanted or uid in self.cleanup:
+                continue
+            if uid in holding:
+                failure = (removal_errors or {}).get(uid)
+                known = per_node.get(node)
+                if failure:
+                    self._set_outcome(uid, node, NodeOutcome(node, NodeState.FAILED, holding[uid], failure))
+                elif known is None or known.instance_id != holding[uid] or known.state not in _BLOCKED:
+                    self._set_outcome(uid, node, NodeOutcome(node, NodeState.REMOVING, holding[uid], REMOVING))
+            elif per_node.pop(node, None) is not None:
                 self.writer.mark(uid)
+        for uid in holding.keys() - wanted - self.outcomes.keys() - self.cleanup.keys():
+            if uid in self.resources:
+                self._set_outcome(uid, node, NodeOutcome(node, NodeState.REMOVING, holding[uid], REMOVING))
 
     def _record_unreachable(self, node: str, desired: list[planner.DesiredInstance], error: errors.DaemonError) -> None:
         """Listing failed: nothing is known about the node. A daemon that answered with an error is
@@ -499,6 +522,17 @@ class Reconciler:
         for uid, pending in self.cleanup.items():
             if node in pending:
                 self._set_outcome(uid, node, NodeOutcome(node, state, "", message))
+        self._may_still_run(node, desired, state, message)
+
+    def _may_still_run(self, node: str, desired: list[planner.DesiredInstance], state: NodeState, why: str) -> None:
+        """The daemon could not be asked: a resource that ran here when last seen and should not any
+        more may still run, and its status says so."""
+        wanted = {d.owner.resource_uid for d in desired}
+        for uid, per_node in self.outcomes.items():
+            known = per_node.get(node)
+            if uid not in wanted and uid not in self.cleanup and known is not None:
+                message = f"may still run an instance that should be removed; {why}"
+                self._set_outcome(uid, node, NodeOutcome(node, state, known.instance_id, message))
 
     def _set_outcome(self, uid: str, node: str, outcome: NodeOutcome) -> None:
         per_node = self.outcomes.setdefault(uid, {})
@@ -543,7 +577,7 @@ class Reconciler:
         matching = self._matching_nodes(gi, spec)
         if spec.suspend:
             return Rendered(
-                lambda: status.compute_status(observed(), desired_nodes=matching, suspended=True),
+                lambda: status.compute_status(observed(), desired_nodes=matching, outcomes=outcomes, suspended=True),
                 gi.status,
                 settled=not outcomes,
             )
@@ -565,6 +599,9 @@ class Reconciler:
                     outcome = NodeOutcome(node, NodeState.PENDING, message="not yet created on this node")
                 current[node] = outcome
             desired_nodes = list(matching)
+            for node, outcome in outcomes.items():
+                if node not in current and node in ready and not spec.targets(node, labels.get(node, {})):
+                    current[node] = outcome  # still holds an instance it should not: Removing, or why not
             for node in sorted((spec.nodes or frozenset()) - ready.keys()):
                 desired_nodes.append(node)
                 if node not in labels:
@@ -849,6 +886,16 @@ class Reconciler:
                 return validation.Verdict(accepted=False, node=node, message=error.message)
             return validation.Verdict(accepted=True, node=node)
         return None
+
+
+def _holding(node: str, instances: Mapping[str, model.GadgetInstance]) -> dict[str, str]:
+    """Which resources have an instance on ``node`` among ``instances`` (by UID, the instance's ID)."""
+    holding: dict[str, str] = {}
+    for instance in instances.values():
+        owner = identity.parse_ownership(instance.tags)
+        if owner is not None and owner.node in (node, identity.SHARED_NODE):
+            holding[owner.resource_uid] = instance.id
+    return holding
 
 
 def _older(candidate: str, current: str) -> bool:

@@ -83,14 +83,19 @@ def compute_status(
     suspended: bool = False,
     deleting: bool = False,
 ) -> dict[str, Any]:
-    """The full ``status`` for one resource; see the module docstring."""
+    """The full ``status`` for one resource; see the module docstring. Outcomes of nodes that are not
+    desired (any more) are nodes that still hold one of the resource's instances: they are listed as
+    Removing (or why removal fails), so the status covers everything that runs."""
     outcomes = outcomes or {}
     desired = sorted(set(desired_nodes))
     shown = [outcomes[node] for node in desired if node in outcomes] if not deleting else list(outcomes.values())
+    lingering = [] if deleting else sorted((o for n, o in outcomes.items() if n not in set(desired)), key=_by_node)
+    if suspended:  # nothing should run anywhere: whatever still does is lingering
+        shown, lingering = [], sorted(outcomes.values(), key=_by_node)
     counts = Counter(outcome.state for outcome in shown)
     running = counts[NodeState.RUNNING]
     failed = counts[NodeState.FAILED] + counts[NodeState.UNREACHABLE]
-    pending = len(desired) - running - failed if not deleting else 0
+    pending = len(desired) - running - failed if not (deleting or suspended) else 0
     broken = sorted((o for o in shown if o.state in _NOT_WORKING), key=lambda o: o.node)
 
     phase, message, conditions = _judge(
@@ -105,7 +110,9 @@ def compute_status(
         suspended=suspended,
         deleting=deleting,
     )
-    entries = sorted(shown, key=lambda o: (_LISTING_ORDER[o.state], o.node))
+    if lingering:
+        message, conditions = _still_running(message, conditions, lingering)
+    entries = sorted(shown + lingering, key=lambda o: (_LISTING_ORDER[o.state], o.node))
     previous_entries = {
         entry.get("node"): entry for entry in observed.previous.get("nodes") or () if isinstance(entry, Mapping)
     }
@@ -130,6 +137,10 @@ def compute_status(
     if len(entries) > len(listed):
         status["nodesOmitted"] = len(entries) - len(listed)
     return status
+
+
+def _by_node(outcome: NodeOutcome) -> str:
+    return outcome.node
 
 
 def _judge(
@@ -192,6 +203,26 @@ def _judge(
             Condition("Degraded", failed > 0, "NodesFailed" if failed else "NoFailures", problems),
         ],
     )
+
+
+def _still_running(
+    message: str, conditions: list[Condition], lingering: list[NodeOutcome]
+) -> tuple[str, list[Condition]]:
+    """Nodes that should run nothing for the resource but still hold an instance (being removed, or the
+    removal fails): said in the summary, and the resource is Progressing (Degraded if removal fails)."""
+    held = f"still on {len(lingering)} node(s) that should not run it: {summarize(lingering)}"
+    blocked = [o for o in lingering if o.state in _NOT_WORKING]
+    updated = []
+    for condition in conditions:
+        if condition.type == "Progressing":
+            condition = Condition("Progressing", True, "Removing", held)
+        elif condition.type == "Degraded" and blocked:
+            problems = "; ".join(filter(None, (condition.message if condition.status else "", summarize(blocked))))
+            condition = Condition(
+                "Degraded", True, "RemovalBlocked" if not condition.status else condition.reason, problems
+            )
+        updated.append(condition)
+    return f"{message}; {held}", updated
 
 
 def summarize(broken: list[NodeOutcome]) -> str:

@@ -591,3 +591,34 @@ async def test_an_update_that_fails_on_one_node_keeps_the_old_instance_running_t
     )
     assert old.id in {i.id for i in owned[broken]}  # still running the old spec
     assert all(owned[node][0].image == "trace_open" for node in owned if node != broken)
+
+
+async def test_suspend_with_an_unreachable_node_shows_what_may_still_run_there(env: Env) -> None:
+    if env.shared:
+        pytest.skip("the shared store is emptied through any daemon; each daemon stops what the store drops")
+    uid = (await env.cluster.apply("trace", TRACE_EXEC))["metadata"]["uid"]
+    await env.cluster.wait_phase("trace", "Running")
+    hung = env.cluster.node_name(2)
+    env.nodes[hung].faults.hang = True
+
+    await env.cluster.patch_spec("trace", {"suspend": True})
+    body = await env.cluster.wait_status(
+        "trace",
+        lambda b: (
+            b["status"].get("phase") == "Suspended"
+            and any(e["node"] == hung and e["state"] == "Unreachable" for e in b["status"].get("nodes", []))
+        ),
+        what="the unreachable node listed while suspended",
+    )
+
+    entry = next(e for e in body["status"]["nodes"] if e["node"] == hung)
+    assert "may still run an instance" in entry["message"]
+    assert condition(body, "Degraded")["status"] == "True"
+    assert "still on 1 node(s)" in body["status"]["message"]
+
+    env.nodes[hung].release()
+    body = await env.cluster.wait_status(
+        "trace", lambda b: b["status"].get("phase") == "Suspended" and not b["status"].get("nodes")
+    )
+    assert condition(body, "Degraded")["status"] == "False"
+    await env.nodes.wait_owned(uid, lambda owned: not owned, what="nothing runs while suspended")

@@ -243,10 +243,23 @@ def test_entries_are_sorted_by_node_and_carry_id_message_and_since_only_when_kno
     ]
 
 
-def test_outcomes_for_nodes_no_longer_desired_are_not_shown() -> None:
-    status = compute_status(observed(), desired_nodes=["n1"], outcomes=outcomes(running("n1"), running("gone")))
-    assert [entry["node"] for entry in status["nodes"]] == ["n1"]
-    assert status["ready"] == "1/1"
+def test_a_node_no_longer_desired_that_still_holds_an_instance_is_shown_as_removing() -> None:
+    removing = NodeOutcome("old", NodeState.REMOVING, "a" * 32, "removing the instance")
+    status = compute_status(observed(), desired_nodes=["n1"], outcomes=outcomes(running("n1"), removing))
+    assert [(entry["node"], entry["state"]) for entry in status["nodes"]] == [("n1", "Running"), ("old", "Removing")]
+    assert (status["ready"], status["desiredNodes"], status["phase"]) == ("1/1", 1, "Running")
+    assert condition_states(status)["Progressing"] == ("True", "Removing")
+    assert "still on 1 node(s) that should not run it: old: removing the instance" in status["message"]
+
+
+def test_a_suspended_resource_says_where_its_instances_still_run_and_why_removal_fails() -> None:
+    stuck = NodeOutcome("n2", NodeState.UNREACHABLE, "a" * 32, "may still run an instance; no answer within 1s")
+    status = compute_status(observed(), desired_nodes=["n1", "n2"], outcomes=outcomes(stuck), suspended=True)
+    assert status["phase"] == "Suspended"
+    assert [(entry["node"], entry["state"]) for entry in status["nodes"]] == [("n2", "Unreachable")]
+    assert status["runningNodes"] == 0
+    assert condition_states(status)["Degraded"] == ("True", "RemovalBlocked")
+    assert "n2: may still run an instance" in conditions(status)["Degraded"]["message"]
 
 
 def test_entries_are_capped_worst_first_and_the_rest_counted_as_omitted() -> None:
