@@ -155,7 +155,15 @@ class Reconciler:
             namespace = self.settings.discovery.daemon_namespace
             self._spawn(inventory.follow(self.api, namespace, self.shared.inventory))
             self._spawn(self.shared.run())
-        self.on_topology_change(set(self.topology.ready_nodes()))
+        self.on_topology_change(self._served_nodes())
+
+    def _served_nodes(self) -> set[str]:
+        """The nodes whose daemon gets a worker: every node with a Node object and a daemon and, with
+        per-node stores, a daemon whose node left the cluster, so that what it still runs of ours is
+        removed (nothing is desired there), rather than kept for ever."""
+        if self.shared is not None:
+            return set(self.topology.ready_nodes())
+        return set(self.topology.endpoints)
 
     async def stop(self) -> None:
         tasks = [*self._tasks, *(w.task for w in self.workers.values() if w.task is not None)]
@@ -200,7 +208,7 @@ class Reconciler:
                 self.writer.mark(uid)
                 self.shared.wake()
                 return
-            self.cleanup[uid] = set(self.topology.ready_nodes())
+            self.cleanup[uid] = self._served_nodes()
             self.writer.mark(uid)
             self.wake_nodes(self.cleanup[uid])
             if not self.cleanup[uid]:
@@ -224,18 +232,18 @@ class Reconciler:
             self.shared.wake()
         for node in nodes:
             self._desired.pop(node, None)  # its labels may have changed
-        ready = self.topology.ready_nodes()
-        metrics.READY_NODES.set(len(ready))
+        metrics.READY_NODES.set(len(self.topology.ready_nodes()))
+        served = self._served_nodes()
         for node in nodes:
-            if node in ready and self.shared is None:
+            if node in served and self.shared is None:
                 for pending in self.cleanup.values():
                     pending.add(node)  # a node that (re)appears mid-deletion must be cleaned too
             worker = self.workers.get(node)
-            if node in ready and worker is None:
+            if node in served and worker is None:
                 self._start_worker(node)
-            elif node in ready and worker is not None:
+            elif node in served and worker is not None:
                 worker.wake(relist=True)
-            elif node not in ready and worker is not None:
+            elif node not in served and worker is not None:
                 self._stop_worker(node)
         self._spawn(self._drop_unused_clients())
         for gi in self.resources.values():
@@ -330,6 +338,7 @@ class Reconciler:
                 self._record_unreachable(node, desired, error)
                 metrics.NODE_PASSES.labels(result="unreachable").inc()
                 worker.failures += 1
+                self._give_up_if_gone(node)
                 return
             worker.actual = {instance.id: instance for instance in listed}
         plan = planner.plan_node(
@@ -357,6 +366,7 @@ class Reconciler:
             worker.failures += 1
             worker.actual = None
             self._may_still_run(node, desired, NodeState.UNREACHABLE, result.unreachable)
+            self._give_up_if_gone(node)
         else:
             worker.failures = 0
             await self._judge(worker, client, desired, worker.actual, result.outcomes)
@@ -524,6 +534,17 @@ class Reconciler:
                 self._set_outcome(uid, node, NodeOutcome(node, state, "", message))
         self._may_still_run(node, desired, state, message)
 
+    def _give_up_if_gone(self, node: str) -> None:
+        """A node that left the cluster and whose daemon cannot be reached blocks nothing: its instances
+        are removed if its daemon answers again, and nothing waits for it meanwhile."""
+        if node in self.topology.labels:
+            return
+        for uid in list(self.cleanup):
+            self._node_clean(uid, node)
+        for uid, per_node in self.outcomes.items():
+            if per_node.pop(node, None) is not None:
+                self.writer.mark(uid)
+
     def _may_still_run(self, node: str, desired: list[planner.DesiredInstance], state: NodeState, why: str) -> None:
         """The daemon could not be asked: a resource that ran here when last seen and should not any
         more may still run, and its status says so."""
@@ -600,7 +621,7 @@ class Reconciler:
                 current[node] = outcome
             desired_nodes = list(matching)
             for node, outcome in outcomes.items():
-                if node not in current and node in ready and not spec.targets(node, labels.get(node, {})):
+                if node not in current and node in self.workers and not self._targets(gi, node):
                     current[node] = outcome  # still holds an instance it should not: Removing, or why not
             for node in sorted((spec.nodes or frozenset()) - ready.keys()):
                 desired_nodes.append(node)
@@ -741,10 +762,12 @@ class Reconciler:
 
     def _targets(self, gi: GadgetInstanceResource, node: str) -> bool:
         spec = gi.spec
+        labels = self.topology.labels.get(node)
         return (
             gi.active
             and spec is not None
-            and spec.targets(node, self.topology.labels.get(node, {}))
+            and labels is not None  # a node that left the cluster runs nothing
+            and spec.targets(node, labels)
             and self._accepted(spec)
         )
 

@@ -119,9 +119,13 @@ async def test_a_joining_node_gets_the_instance_and_a_leaving_node_drops_out(env
 
     await env.cluster.remove_node(leaving)
     body = await env.cluster.wait_status(
-        "trace", lambda b: b["status"].get("desiredNodes") == NODE_COUNT - 1, what="node dropped from status"
+        "trace",
+        lambda b: (
+            b["status"].get("desiredNodes") == NODE_COUNT - 1
+            and leaving not in {e["node"] for e in b["status"].get("nodes", [])}
+        ),
+        what="node dropped from status",
     )
-    assert leaving not in {e["node"] for e in body["status"]["nodes"]}
     assert body["status"]["phase"] == "Running"
 
     await env.cluster.add_node(leaving)
@@ -622,3 +626,18 @@ async def test_suspend_with_an_unreachable_node_shows_what_may_still_run_there(e
     )
     assert condition(body, "Degraded")["status"] == "False"
     await env.nodes.wait_owned(uid, lambda owned: not owned, what="nothing runs while suspended")
+
+
+async def test_a_node_that_left_the_cluster_while_its_daemon_lives_is_cleaned(env: Env) -> None:
+    if env.shared:
+        pytest.skip("IG's DaemonSet removes a node's daemon pod with the node")
+    uid = (await env.cluster.apply("trace", TRACE_EXEC))["metadata"]["uid"]
+    await env.cluster.wait_phase("trace", "Running")
+    leaving = env.cluster.node_name(3)
+
+    await env.cluster.remove_node(leaving)  # its standalone daemon still runs and is still configured
+
+    await env.nodes.wait_owned(uid, lambda owned: leaving not in owned, what=f"{leaving}'s daemon cleaned")
+    await env.cluster.delete("trace")
+    await env.cluster.wait_gone("trace")
+    assert await env.nodes.owned_by(uid) == {}
