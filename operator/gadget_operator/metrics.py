@@ -28,6 +28,18 @@ STATUS_WRITES = prometheus_client.Counter(
 READY_NODES = prometheus_client.Gauge(
     "gadget_operator_ready_nodes", "Nodes with both a Node object and a reachable daemon endpoint."
 )
+UNREACHABLE_NODES = prometheus_client.Gauge(
+    "gadget_operator_unreachable_nodes", "Nodes whose daemon did not answer the last pass (retried with backoff)."
+)
+RESOURCES = prometheus_client.Gauge(
+    "gadget_operator_resources", "GadgetInstances by the phase their status shows.", ["phase"]
+)
+DAEMON_CALL_SECONDS = prometheus_client.Histogram(
+    "gadget_operator_daemon_call_seconds",
+    "Duration of calls to gadget daemons, by method and result (ok, or the error's kind).",
+    ["method", "result"],
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+)
 
 
 def serve(port: int) -> None:

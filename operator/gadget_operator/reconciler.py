@@ -140,6 +140,8 @@ class Reconciler:
         self._topology_version = 0
         self._matching_cache: dict[str, tuple[tuple[int, str], list[str]]] = {}
         self._shared_cache: dict[str, tuple[tuple[int, str], planner.DesiredInstance]] = {}
+        self._unreachable: set[str] = set()
+        self._phases: dict[str, str] = {}
         self.verdicts = validation.Verdicts()
         """Dry-run results per (image, params): no instance of a spec is created before it passed."""
         self._checking: set[str] = set()
@@ -199,6 +201,7 @@ class Reconciler:
                 return
             gi = _with_finalizer(gi)
         self.resources[uid] = gi
+        self._count_phase(uid, str(gi.status.get("phase", "")) or None)
         if gi.deleting and gi.has_finalizer and uid not in self.cleanup:
             self._update_desired(gi)
             if self.shared is not None:
@@ -262,7 +265,7 @@ class Reconciler:
         config = self.settings.executor
         worker = NodeWorker(
             node=node,
-            run_pass=self.sync_node,
+            run_pass=self._run_pass,
             resync_interval=config.resync_interval,
             backoff_initial=config.backoff_initial,
             backoff_max=config.backoff_max,
@@ -270,11 +273,23 @@ class Reconciler:
         worker.task = asyncio.ensure_future(worker.run())
         self.workers[node] = worker
 
+    async def _run_pass(self, worker: NodeWorker) -> None:
+        try:
+            await self.sync_node(worker)
+        finally:
+            if worker.failures:
+                self._unreachable.add(worker.node)
+            else:
+                self._unreachable.discard(worker.node)
+            metrics.UNREACHABLE_NODES.set(len(self._unreachable))
+
     def _stop_worker(self, node: str) -> None:
         worker = self.workers.pop(node)
         if worker.task is not None:
             worker.task.cancel()
         self.limits.forget(node)
+        self._unreachable.discard(node)
+        metrics.UNREACHABLE_NODES.set(len(self._unreachable))
         for uid, per_node in self.outcomes.items():
             if per_node.pop(node, None) is not None:
                 self.writer.mark(uid)
@@ -702,7 +717,19 @@ class Reconciler:
         logger.info("%s: instances removed from every node, finalizer released", gi.key)
         self.cleanup.pop(uid, None)
 
+    def _count_phase(self, uid: str, phase: str | None) -> None:
+        """Keep the resources-by-phase gauge: ``phase`` None when the resource is gone."""
+        if self._phases.get(uid) == phase:
+            return
+        previous = self._phases.pop(uid, None)
+        if previous is not None:
+            metrics.RESOURCES.labels(phase=previous).dec()
+        if phase is not None:
+            self._phases[uid] = phase
+            metrics.RESOURCES.labels(phase=phase).inc()
+
     def _forget(self, uid: str) -> None:
+        self._count_phase(uid, None)
         for desired in self._desired.values():
             desired.pop(uid, None)
         self._matching_cache.pop(uid, None)

@@ -409,6 +409,22 @@ async def test_prometheus_metrics_count_what_the_operator_did(env: Env) -> None:
     assert samples["gadget_operator_ready_nodes"] == NODE_COUNT
     assert samples['gadget_operator_status_writes_total{result="ok"}'] >= 1
     assert samples['gadget_operator_node_passes_total{result="ok"}'] >= NODE_COUNT
+    assert samples['gadget_operator_resources{phase="Running"}'] == 1
+    assert samples["gadget_operator_unreachable_nodes"] == 0
+    calls = {
+        name: value for name, value in samples.items() if name.startswith("gadget_operator_daemon_call_seconds_count")
+    }
+    assert any('method="GetGadgetInfo",result="ok"' in name and value >= NODE_COUNT for name, value in calls.items())
+
+    env.nodes[env.cluster.node_name(2)].faults.hang = True
+    await env.cluster.patch_spec("trace", {"params": {"operator.KubeManager.namespace": "kube-system"}})
+    await env.cluster.wait_phase("trace", "Degraded")
+    async with aiohttp.ClientSession() as session, session.get(f"http://127.0.0.1:{port}/metrics") as response:
+        text = await response.text()
+    assert "gadget_operator_unreachable_nodes 1.0" in text
+    assert 'gadget_operator_resources{phase="Degraded"} 1.0' in text
+    assert 'gadget_operator_resources{phase="Running"} 0.0' in text
+    env.nodes[env.cluster.node_name(2)].release()
 
 
 @pytest.mark.skipif(bool(E2E_KUBECONFIG), reason="the e2e run itself authenticates with a kubeconfig")

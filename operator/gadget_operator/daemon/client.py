@@ -7,6 +7,7 @@ gRPC status codes or message text.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
@@ -14,7 +15,7 @@ from typing import Any, Protocol, TypeVar
 import grpc
 import grpc.aio
 
-from gadget_operator import errors, identity
+from gadget_operator import errors, identity, metrics
 from gadget_operator.daemon import convert, model
 from gadget_operator.daemon.address import channel_credentials, parse_address
 from gadget_operator.daemon.pb import api_pb2, api_pb2_grpc
@@ -182,10 +183,16 @@ class DaemonClient:
 
     async def _call(self, method: Callable[..., Awaitable[T]], request: object, *, deadline: float | None = None) -> T:
         seconds = self.timeout if deadline is None else deadline
+        name = getattr(method, "_method", b"").decode().rpartition("/")[2] or "unknown"
+        started = time.perf_counter()
         try:
-            return await method(request, timeout=seconds)
+            response = await method(request, timeout=seconds)
         except grpc.aio.AioRpcError as error:
-            raise self._translate(error, seconds) from error
+            translated = self._translate(error, seconds)
+            _observe(name, type(translated).__name__, started)
+            raise translated from error
+        _observe(name, "ok", started)
+        return response
 
     def _translate(self, error: grpc.aio.AioRpcError, deadline: float) -> errors.DaemonError:
         code = error.code()
@@ -232,6 +239,10 @@ class _ForwardedClient(DaemonClient):
         if isinstance(translated, errors.DaemonDeadlineExceeded):
             return errors.DaemonDeadlineExceeded(f"{translated.message}: {cause}", address=self.address)
         return errors.DaemonUnavailable(f"unreachable: {cause}", address=self.address)
+
+
+def _observe(method: str, result: str, started: float) -> None:
+    metrics.DAEMON_CALL_SECONDS.labels(method=method, result=result).observe(time.perf_counter() - started)
 
 
 class DaemonPool:
