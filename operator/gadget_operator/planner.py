@@ -115,20 +115,26 @@ def plan_node(
 
 
 def desired_instance(resource: GadgetInstanceResource, node: str) -> DesiredInstance:
-    """The instance ``resource`` wants on ``node``: deterministic ID and name, ownership tags, and
-    ``nodes: [node]`` so that a shared (DaemonSet-mode) store runs it on that node only."""
+    """The instance ``resource`` wants on ``node`` (per-node store): deterministic ID and name,
+    ownership tags, and ``nodes: [node]``."""
+    return _desired(resource, node_tag=node, id_key=node, nodes=(node,))
+
+
+def _desired(
+    resource: GadgetInstanceResource, *, node_tag: str, id_key: str, nodes: tuple[str, ...]
+) -> DesiredInstance:
     spec = resource.spec
     assert spec is not None, "only resources with a valid spec have desired instances"
     digest = spec.hash()
-    owner = identity.Ownership(resource_uid=resource.uid, resource=resource.key, node=node, spec_hash=digest)
-    derived_id = identity.instance_id(resource.uid, node, digest)
+    owner = identity.Ownership(resource_uid=resource.uid, resource=resource.key, node=node_tag, spec_hash=digest)
+    derived_id = identity.instance_id(resource.uid, id_key, digest)
     instance = model.GadgetInstance(
         id=derived_id,
         name=identity.instance_name(resource.name, derived_id),
         image=spec.image,
         params=spec.params,
         tags=(*identity.ownership_tags(owner), *spec.tags),
-        nodes=(node,),
+        nodes=nodes,
         log_level=spec.log_level,
     )
     return DesiredInstance(owner=owner, instance=instance, event_buffer_length=spec.event_buffer_length)
@@ -153,23 +159,9 @@ def desired_shared_instance(resource: GadgetInstanceResource, nodes: frozenset[s
     """The one stored instance ``resource`` wants in a shared store: ``nodes`` empty (IG runs it on
     every node, including nodes that join later) when the spec targets every node, else the nodes
     it selects. IG instances are immutable, so another node set is another instance (another ID)."""
-    spec = resource.spec
-    assert spec is not None, "only resources with a valid spec have desired instances"
-    digest = spec.hash()
-    owner = identity.Ownership(
-        resource_uid=resource.uid, resource=resource.key, node=identity.SHARED_NODE, spec_hash=digest
+    return _desired(
+        resource, node_tag=identity.SHARED_NODE, id_key=identity.node_set_key(nodes), nodes=tuple(sorted(nodes or ()))
     )
-    derived_id = identity.instance_id(resource.uid, identity.node_set_key(nodes), digest)
-    instance = model.GadgetInstance(
-        id=derived_id,
-        name=identity.instance_name(resource.name, derived_id),
-        image=spec.image,
-        params=spec.params,
-        tags=(*identity.ownership_tags(owner), *spec.tags),
-        nodes=tuple(sorted(nodes or ())),
-        log_level=spec.log_level,
-    )
-    return DesiredInstance(owner=owner, instance=instance, event_buffer_length=spec.event_buffer_length)
 
 
 def runs_on(instance: model.GadgetInstance, owner: identity.Ownership, nodes: Collection[str]) -> set[str]:
