@@ -12,7 +12,6 @@ import collections
 import contextlib
 import json
 import logging
-import random
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -28,6 +27,7 @@ from gadget_operator.settings import (
     DiscoveryMode,
     DiscoverySettings,
     ExecutorSettings,
+    LeaderElectionSettings,
     LivenessSettings,
     Settings,
     TLSSettings,
@@ -70,13 +70,39 @@ def main() -> None:
 @main.command(context_settings={"auto_envvar_prefix": ENV_PREFIX})
 @click.option("--namespace", "-n", "namespaces", multiple=True, help="Watch GadgetInstances in these namespaces.")
 @click.option("--all-namespaces", "-A", is_flag=True, help="Watch every namespace (the default).")
-@click.option("--standalone/--no-standalone", default=True, help="Run without peering (one replica).")
-@click.option("--peering", default=None, help="kopf peering name, for several replicas (needs kopf's CRDs).")
 @click.option(
-    "--priority",
-    type=int,
+    "--standalone/--leader-elect",
+    default=True,
+    show_default=True,
+    help="One replica working from the start, or several that elect a leader with a Lease (only the "
+    "holder works; the others stand by and take over when it is gone).",
+)
+@click.option("--lease-name", default="gadget-operator", show_default=True, help="--leader-elect: the Lease's name.")
+@click.option(
+    "--lease-namespace",
     default=None,
-    help="Peering priority; the highest live replica works, the others wait (default: random per process).",
+    help="--leader-elect: the Lease's namespace (default: POD_NAMESPACE, else the service account's, else default).",
+)
+@click.option(
+    "--lease-duration",
+    default=10,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="--leader-elect: seconds a standby waits after the leader's last renewal before it takes over.",
+)
+@click.option(
+    "--renew-deadline",
+    default=7.0,
+    show_default=True,
+    type=click.FloatRange(min=0.1),
+    help="--leader-elect: the leader exits when it could not renew for this long (below --lease-duration).",
+)
+@click.option(
+    "--retry-period",
+    default=2.0,
+    show_default=True,
+    type=click.FloatRange(min=0.1),
+    help="--leader-elect: seconds between attempts to take or renew the Lease.",
 )
 @click.option("--liveness", default="http://0.0.0.0:8080/healthz", show_default=True, help="Liveness URL; '' off.")
 @click.option("--metrics-port", default=9090, show_default=True, type=click.IntRange(0, 65535))
@@ -170,8 +196,11 @@ def run(
     namespaces: tuple[str, ...],
     all_namespaces: bool,
     standalone: bool,
-    peering: str | None,
-    priority: int | None,
+    lease_name: str,
+    lease_namespace: str | None,
+    lease_duration: int,
+    renew_deadline: float,
+    retry_period: float,
     liveness: str,
     metrics_port: int,
     discovery: str,
@@ -204,7 +233,7 @@ def run(
     """Run the operator."""
     import kopf
 
-    from gadget_operator import handlers
+    from gadget_operator import handlers, kube, leadership
 
     mode = DiscoveryMode(discovery)
     if mode is DiscoveryMode.STATIC and not static_nodes:
@@ -214,6 +243,12 @@ def run(
     if namespaces and all_namespaces:
         raise click.UsageError("--namespace and --all-namespaces exclude each other")
     namespaces = tuple(ns for item in namespaces for ns in item.split(",") if ns)
+    if not standalone and not renew_deadline < lease_duration:
+        raise click.UsageError("--renew-deadline must be shorter than --lease-duration")
+    if not standalone and not retry_period < renew_deadline:
+        raise click.UsageError("--retry-period must be shorter than --renew-deadline")
+    identity = leadership.new_identity()
+    kube.identify(identity)  # the User-Agent of the operator's own calls names this replica
     settings = Settings(
         discovery=DiscoverySettings(
             mode=mode,
@@ -239,21 +274,87 @@ def run(
         kube_server=kube_server,
         metrics_port=metrics_port,
         liveness=LivenessSettings(heartbeat_interval, max_heartbeat_age, max_loop_lag),
+        leader_election=LeaderElectionSettings(
+            enabled=not standalone,
+            lease_name=lease_name,
+            lease_namespace=lease_namespace or leadership.default_namespace(),
+            identity=identity,
+            lease_duration=lease_duration,
+            renew_deadline=renew_deadline,
+            retry_period=retry_period,
+        ),
+        namespaces=namespaces,
     )
     configure_logging(log_format, verbose)
-    asyncio.run(
-        kopf.operator(
-            registry=handlers.build_registry(settings),
-            memo=kopf.Memo(operator_settings=settings),
-            clusterwide=not namespaces,
-            namespaces=namespaces,
-            standalone=standalone and peering is None,
-            peering_name=peering,
-            # Equal priorities make kopf pause every replica; a random one lets exactly one work.
-            priority=priority if priority is not None else random.randint(1, 2**31),
-            liveness_endpoint=liveness or None,
+    try:
+        asyncio.run(preflight(kube_server))
+    except StartFailure as failure:
+        raise click.ClickException(str(failure)) from None
+    try:
+        asyncio.run(
+            kopf.operator(
+                registry=handlers.build_registry(settings),
+                memo=kopf.Memo(operator_settings=settings),
+                clusterwide=not namespaces,
+                namespaces=namespaces,
+                # kopf's own peering is off: several replicas elect a leader with a Lease (leadership.py).
+                standalone=True,
+                liveness_endpoint=liveness or None,
+            )
         )
-    )
+    except Exception as error:  # e.g. kopf's ActivityError: the startup handler failed. Say why in one line.
+        cause = error.__cause__ or error
+        raise click.ClickException(f"the operator could not start: {one_line(cause)}") from None
+
+
+class StartFailure(Exception):
+    """A start the operator cannot complete; the message is the one line it prints."""
+
+
+def one_line(error: BaseException) -> str:
+    text = " ".join(str(error).split())
+    return f"{type(error).__name__}: {text}" if text else type(error).__name__
+
+
+async def preflight(server: str | None, *, retry: float = 2.0, deadline: float = 10.0) -> None:
+    """Before kopf starts: credentials load, the API server answers, and the CRD is served (waited for,
+    so that the operator never runs deaf: kopf looks up its resources once, at start)."""
+    import aiohttp
+
+    from gadget_operator import kube, resource
+
+    try:
+        api = await kube.KubeApi.connect(server)
+    except Exception as error:  # the kubernetes client raises ConfigException, TypeError, OSError...
+        raise StartFailure(f"no Kubernetes credentials (in-cluster or kubeconfig): {one_line(error)}") from None
+    host = api.host
+    try:
+        try:
+            async with asyncio.timeout(deadline):
+                await api.version()
+        except kube.KubeApiError as error:
+            raise StartFailure(f"the Kubernetes API server at {host} refused the operator: {error}") from None
+        except (OSError, TimeoutError, aiohttp.ClientError) as error:
+            raise StartFailure(f"cannot reach the Kubernetes API server at {host}: {one_line(error)}") from None
+        crd = f"{resource.PLURAL}.{resource.GROUP}"
+        waiting = False
+        while True:
+            try:
+                async with asyncio.timeout(deadline):
+                    if await api.served(resource.GROUP, resource.VERSION, resource.PLURAL):
+                        break
+            except kube.KubeApiError as error:
+                raise StartFailure(f"cannot look up CRD {crd}: {error}") from None
+            except (OSError, TimeoutError, aiohttp.ClientError) as error:
+                logging.getLogger(__name__).warning("looking up CRD %s failed: %s", crd, one_line(error))
+            if not waiting:
+                waiting = True
+                logging.getLogger(__name__).warning("waiting for CRD %s", crd)
+            await asyncio.sleep(retry)
+        if waiting:
+            logging.getLogger(__name__).info("CRD %s is established", crd)
+    finally:
+        await api.close()
 
 
 class JsonFormatter(logging.Formatter):
@@ -282,6 +383,8 @@ def configure_logging(log_format: str, verbose: bool) -> None:
     # kopf and aiohttp are chatty at INFO; keep their warnings.
     for noisy in ("kopf.objects", "aiohttp.access"):
         logging.getLogger(noisy).setLevel(logging.DEBUG if verbose else logging.WARNING)
+    # "Config not found": the one-line start failure says it (preflight).
+    logging.getLogger("kubernetes.aio.config.kube_config").setLevel(logging.ERROR)
 
 
 @main.command()

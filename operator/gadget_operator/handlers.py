@@ -7,6 +7,10 @@ Why these handler kinds:
   so that apply-to-Ready costs two writes (finalizer, status) and never kopf's progress annotations.
 * Nodes are only read: no finalizer, annotation or status is ever put on them.
 * Daemon pods are watched by ``discovery`` in the daemon namespace only (least privilege).
+* With leader election (``--leader-elect``) the reconciler exists only in the leader: until this
+  replica holds the Lease, the GadgetInstance handler does nothing and no daemon is called and nothing
+  written; the topology is still followed (reads only). The new leader lists every GadgetInstance
+  itself, since kopf delivered them while it stood by. A leader that loses the Lease exits at once.
 
 The registry is built per call, not at import, so tests and the demo can run several operators.
 """
@@ -15,13 +19,17 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any
+import os
+import sys
+from typing import Any, cast
 
+import aiohttp
 import kopf
 
 from gadget_operator import discovery, kube, metrics, resource
 from gadget_operator.daemon.client import DaemonPool
 from gadget_operator.daemon.portforward import PortForwarder
+from gadget_operator.leadership import Elector
 from gadget_operator.liveness import Liveness, Unhealthy
 from gadget_operator.reconciler import Reconciler
 from gadget_operator.settings import DiscoveryMode, Settings
@@ -44,7 +52,9 @@ def build_registry(settings: Settings) -> kopf.OperatorRegistry:
     else:
         kopf.on.login(registry=registry)(kopf.login_via_client)
 
-    @kopf.on.startup(registry=registry)
+    # A start that fails is not retried: the operator exits and says why (cli.py), and Kubernetes
+    # restarts it with backoff.
+    @kopf.on.startup(registry=registry, errors=kopf.ErrorsMode.PERMANENT)
     async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
         configure_kopf(settings)
         memo.runtime = await Runtime.start(memo.operator_settings)
@@ -57,7 +67,9 @@ def build_registry(settings: Settings) -> kopf.OperatorRegistry:
 
     @kopf.on.event(resource.GROUP, resource.VERSION, resource.PLURAL, registry=registry)
     async def gadget_instance_event(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
-        await memo.runtime.reconciler.observe(event.get("type"), event["object"])
+        reconciler: Reconciler | None = memo.runtime.reconciler
+        if reconciler is not None:  # None: a standby, which only watches
+            await reconciler.observe(event.get("type"), cast(dict[str, object], event["object"]))
 
     # Handlers are async because kopf runs sync handlers in a thread pool, away from the event loop.
     @kopf.on.event("", "v1", "nodes", registry=registry)
@@ -66,7 +78,15 @@ def build_registry(settings: Settings) -> kopf.OperatorRegistry:
 
     @kopf.on.probe(id="nodes", registry=registry)
     async def nodes_probe(memo: kopf.Memo, **_: Any) -> int:
-        return len(memo.runtime.reconciler.workers)
+        reconciler: Reconciler | None = memo.runtime.reconciler
+        return 0 if reconciler is None else len(reconciler.workers)
+
+    @kopf.on.probe(id="leader", registry=registry)
+    async def leader_probe(memo: kopf.Memo, **_: Any) -> str:
+        elector: Elector | None = memo.runtime.elector
+        if elector is None:
+            return "standalone"
+        return "leader" if elector.leading else f"standby ({elector.holder or 'no leader'} leads)"
 
     # A probe that raises fails kopf's whole /healthz (HTTP 500): the operator cannot make progress.
     @kopf.on.probe(id="progress", registry=registry, errors=kopf.ErrorsMode.PERMANENT)
@@ -94,14 +114,19 @@ def configure_kopf(settings: kopf.OperatorSettings) -> None:
 
 
 class Runtime:
-    """What a running operator holds: API client, daemon channels, topology, reconciler, watch tasks."""
+    """What a running operator holds: API client, daemon channels, topology, reconciler, watch tasks.
+
+    The reconciler is built when this replica may work: at once when standalone, once it holds the
+    Lease with leader election (``reconciler`` is None until then).
+    """
 
     def __init__(self, settings: Settings, api: kube.KubeApi, pool: DaemonPool) -> None:
         self.settings = settings
         self.api = api
         self.pool = pool
         self.topology = discovery.Topology(settings.discovery)
-        self.reconciler = Reconciler(settings=settings, api=api, pool=pool, topology=self.topology)
+        self.reconciler: Reconciler | None = None
+        self.elector: Elector | None = None
         self.tasks: list[asyncio.Task[None]] = []
         self.liveness = Liveness(api.version, settings.liveness)
 
@@ -128,14 +153,61 @@ class Runtime:
             runtime.tasks.append(asyncio.create_task(discovery.watch_daemon_pods(api, runtime.topology)))
         if settings.metrics_port:
             metrics.serve(settings.metrics_port)
-        runtime.reconciler.start()
+        if settings.leader_election.enabled:
+            runtime.elector = Elector(api, settings.leader_election)
+            runtime.tasks.append(asyncio.create_task(runtime._lead(runtime.elector)))
+        else:
+            runtime._start_reconciler()  # kopf delivers every GadgetInstance once this startup returns
         return runtime
+
+    def _start_reconciler(self) -> Reconciler:
+        reconciler = Reconciler(settings=self.settings, api=self.api, pool=self.pool, topology=self.topology)
+        reconciler.start()
+        self.reconciler = reconciler
+        return reconciler
+
+    async def _lead(self, elector: Elector) -> None:
+        """Stand by until this replica holds the Lease; then work, and renew until leadership is lost."""
+        await elector.acquire()
+        reconciler = self._start_reconciler()
+        self.tasks.append(asyncio.create_task(self._catch_up(reconciler)))
+        reason = await elector.hold()
+        # Not one more daemon call or write: the next leader may already be at work. Exit at once (no
+        # cleanup runs, no task gets another turn); Kubernetes restarts the pod as a standby.
+        logger.critical("leader election: lost leadership (%s); exiting", reason)
+        for handler in logging.getLogger().handlers:
+            handler.flush()
+        sys.stderr.flush()
+        os._exit(LOST_LEADERSHIP_EXIT_CODE)
+
+    async def _catch_up(self, reconciler: Reconciler) -> None:
+        """Hand the reconciler every GadgetInstance: kopf's initial listing came while this replica stood
+        by. A resource kopf delivers meanwhile is not handled twice: observe() keeps the newest copy."""
+        retry = self.settings.leader_election.retry_period
+        for namespace in self.settings.namespaces or (None,):
+            while True:
+                try:
+                    items = await self.api.list_gadget_instances(namespace)
+                    break
+                except (kube.KubeApiError, OSError, TimeoutError, aiohttp.ClientError) as error:
+                    logger.warning("listing GadgetInstances failed, retrying: %s", error)
+                    await asyncio.sleep(retry)
+            for body in items:
+                await reconciler.observe(None, body)
+        logger.info("leader: handed every GadgetInstance to the reconciler")
 
     async def stop(self) -> None:
         for task in self.tasks:
             task.cancel()
         await asyncio.gather(*self.tasks, return_exceptions=True)
         await self.liveness.stop()
-        await self.reconciler.stop()
+        if self.reconciler is not None:
+            await self.reconciler.stop()
+        if self.elector is not None:
+            await self.elector.release()  # after the last write: a standby may take over at once
         await self.pool.close()
         await self.api.close()
+
+
+LOST_LEADERSHIP_EXIT_CODE = 1
+"""The exit code of a leader that lost its Lease (controller-runtime exits too)."""

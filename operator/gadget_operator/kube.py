@@ -15,6 +15,10 @@ call                                     resource                    verb
 ``post_event``                           events                      create
 ``open_portforward``                     pods/portforward            get, create (WebSocket)
 ``version``                              /version (non-resource)     get (any user)
+``list_gadget_instances``                gadgetinstances             list (a new leader)
+``get_lease`` / ``create_lease`` /       leases (operator namespace) get, create, update
+``update_lease``                                                     (leader election only)
+``served``                               discovery (non-resource)    get (any user)
 =======================================  ==========================  ===================
 
 Finalizer patches are JSON patches guarded by a ``test`` of the current list, so a concurrent change
@@ -310,6 +314,51 @@ class KubeApi:
         }
         await self._call("POST", f"/api/v1/namespaces/{gi.namespace}/events", body=body)
 
+    @property
+    def host(self) -> str:
+        """The API server's URL."""
+        return self._host
+
+    async def list_gadget_instances(self, namespace: str | None = None) -> list[dict[str, Any]]:
+        """Every GadgetInstance (in ``namespace``, else in every namespace): what a new leader starts from."""
+        scope = f"/namespaces/{namespace}" if namespace else ""
+        path = f"/apis/{resource.GROUP}/{resource.VERSION}{scope}/{resource.PLURAL}"
+        items = list((await self._call("GET", path)).get("items") or [])
+        for item in items:  # a list's items carry no apiVersion and kind; a watch event's object does
+            item.setdefault("apiVersion", f"{resource.GROUP}/{resource.VERSION}")
+            item.setdefault("kind", resource.KIND)
+        return items
+
+    async def served(self, group: str, version: str, plural: str) -> bool:
+        """Whether the API server serves ``plural`` in ``group/version`` (discovery: a CRD is listed
+        there once it is established). Discovery is open to every authenticated user."""
+        try:
+            body = await self._call("GET", f"/apis/{group}/{version}")
+        except KubeApiError as error:
+            if error.status == 404:
+                return False
+            raise
+        return any(r.get("name") == plural for r in body.get("resources") or [])
+
+    def _lease_path(self, namespace: str, name: str = "") -> str:
+        return f"/apis/coordination.k8s.io/v1/namespaces/{namespace}/leases" + (f"/{name}" if name else "")
+
+    async def get_lease(self, namespace: str, name: str) -> dict[str, Any] | None:
+        try:
+            return await self._call("GET", self._lease_path(namespace, name))
+        except KubeApiError as error:
+            if error.status == 404:
+                return None
+            raise
+
+    async def create_lease(self, namespace: str, body: Mapping[str, Any]) -> dict[str, Any]:
+        """POST; 409 (AlreadyExists) when another replica created it first."""
+        return await self._call("POST", self._lease_path(namespace), body=dict(body))
+
+    async def update_lease(self, namespace: str, name: str, body: Mapping[str, Any]) -> dict[str, Any]:
+        """PUT with the ``metadata.resourceVersion`` read before: 409 (Conflict) when anyone wrote it since."""
+        return await self._call("PUT", self._lease_path(namespace, name), body=dict(body))
+
 
 ListCall = Callable[[], Awaitable[tuple[list[dict[str, Any]], str]]]
 WatchCall = Callable[[str], AsyncIterator[WatchEvent]]
@@ -338,3 +387,10 @@ async def list_and_watch(
         except Exception as error:  # the view must survive any API hiccup
             logger.warning("watching %s failed, relisting: %s", what, error)
         await asyncio.sleep(retry_delay)
+
+
+def identify(instance: str) -> None:
+    """Name this process in the User-Agent of its own API calls (``gadget-operator/<version> (<instance>)``),
+    so that the API server's audit log tells replicas apart; ``instance`` is the leader-election identity."""
+    global USER_AGENT
+    USER_AGENT = f"gadget-operator/{__version__} ({instance})"

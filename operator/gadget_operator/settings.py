@@ -147,3 +147,29 @@ class Settings:
     metrics_port: int = 9090
     """Prometheus /metrics port; 0 disables it."""
     liveness: LivenessSettings = field(default_factory=LivenessSettings)
+    leader_election: LeaderElectionSettings = field(default_factory=lambda: LeaderElectionSettings())
+    namespaces: tuple[str, ...] = ()
+    """The namespaces whose GadgetInstances are handled; empty: every namespace."""
+
+
+@dataclass(frozen=True, slots=True)
+class LeaderElectionSettings:
+    """Several replicas: the one holding a ``coordination.k8s.io/v1`` Lease works, the others stand by
+    (controller-runtime's leader election, with its default timings)."""
+
+    enabled: bool = False
+    """False: one replica, no election (``--standalone``); the operator works from the start."""
+    lease_name: str = "gadget-operator"
+    lease_namespace: str = "default"
+    """The operator's own namespace (``--lease-namespace``, else POD_NAMESPACE, else the service account's)."""
+    identity: str = ""
+    """This replica's holder identity: the pod name (HOSTNAME) and a random suffix."""
+    lease_duration: int = 10
+    """Seconds a standby waits, from the last renewal it saw, before it takes the lease of a silent leader.
+    A standby sees a renewal up to one retry period late and looks once per retry period, so a killed
+    leader is replaced within lease_duration + 2 x retry_period: 14 s with the defaults (controller-runtime's
+    15/10/2 can take 19 s)."""
+    renew_deadline: float = 7.0
+    """Seconds the leader keeps retrying a failed renewal before it gives up leadership (and exits)."""
+    retry_period: float = 2.0
+    """Seconds between attempts to acquire or renew."""

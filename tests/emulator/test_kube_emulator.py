@@ -774,3 +774,54 @@ def test_a_kopf_operator_runs_against_the_emulator() -> None:
         assert ("ADDED", "w") in seen or (None, "w") in seen
         watches = [r for r in cluster.emulator.requests if r.verb == "watch" and r.resource == "widgets"]
         assert any(r.query.get("resourceVersion") for r in watches)  # kopf resumed from its list's version
+
+
+# -- leases (leader election) ------------------------------------------------------------------------------
+
+LEASES = "/apis/coordination.k8s.io/v1/namespaces/default/leases"
+
+
+async def test_leases_are_served_with_optimistic_concurrency(http: aiohttp.ClientSession) -> None:
+    """What leader election relies on: one create wins, and an update based on a stale read answers 409."""
+    status, group = await call(http, "GET", "/apis/coordination.k8s.io/v1")
+    assert status == 200
+    assert {"leases"} <= {r["name"] for r in group["resources"]}
+
+    lease = {"metadata": {"name": "lock"}, "spec": {"holderIdentity": "a", "leaseDurationSeconds": 15}}
+    status, created = await call(http, "POST", LEASES, lease)
+    assert status == 201, created
+    status, error = await call(http, "POST", LEASES, lease | {"spec": {"holderIdentity": "b"}})
+    assert (status, error["reason"]) == (409, "AlreadyExists")
+
+    read = created  # both candidates read this version, then both try to take it
+    taken_by_b = read | {"spec": read["spec"] | {"holderIdentity": "b"}}
+    status, taken = await call(http, "PUT", f"{LEASES}/lock", taken_by_b)
+    assert status == 200, taken
+    assert int(taken["metadata"]["resourceVersion"]) > int(read["metadata"]["resourceVersion"])
+    taken_by_c = read | {"spec": read["spec"] | {"holderIdentity": "c"}}
+    status, error = await call(http, "PUT", f"{LEASES}/lock", taken_by_c)
+    assert (status, error["reason"]) == (409, "Conflict")
+    status, now = await call(http, "GET", f"{LEASES}/lock")
+    assert now["spec"]["holderIdentity"] == "b"
+
+    # A PUT of a missing Lease creates it (client-go's resource locks rely on GET + create, this is a bonus).
+    status, other = await call(http, "PUT", f"{LEASES}/other", {"metadata": {"name": "other"}, "spec": {}})
+    assert status == 201, other
+
+
+async def test_denied_verbs_answer_403_before_anything_else(
+    emulator: KubeEmulator, http: aiohttp.ClientSession
+) -> None:
+    status, created = await call(http, "POST", LEASES, {"metadata": {"name": "lock"}, "spec": {}})
+    assert status == 201
+    emulator.deny("update", "leases")
+    status, error = await call(http, "PUT", f"{LEASES}/lock", created)
+    assert (status, error["reason"]) == (403, "Forbidden")
+    assert 'cannot update resource "leases"' in error["message"]
+    status, error = await call(http, "PUT", f"{LEASES}/missing", {"metadata": {"name": "missing"}})
+    assert status == 403  # authorization first: a denied create-on-update learns nothing
+    status, _ = await call(http, "GET", f"{LEASES}/lock")
+    assert status == 200  # other verbs are still allowed
+    emulator.allow("update", "leases")
+    status, _ = await call(http, "PUT", f"{LEASES}/lock", created)
+    assert status == 200

@@ -14,9 +14,10 @@ import pytest
 
 from gadget_operator import identity, resource
 from gadget_operator.daemon import model
-from tests.integration.conftest import PodsEnv
-from tests.integration.harness import E2E_KUBECONFIG, eventually
-from tests.packaging.conftest import BASE, k8s_binaries, load_documents, run
+from gadget_operator.testing.kube_emulator import KubeEmulator
+from tests.integration.conftest import PodsEnv, daemon_pods
+from tests.integration.harness import E2E_KUBECONFIG, Cluster, eventually
+from tests.packaging.conftest import BASE, CHART, NAMESPACE, RELEASE, k8s_binaries, load_documents, run
 from tests.packaging.test_consistency import rbac_rules
 
 pytestmark = pytest.mark.skipif(bool(E2E_KUBECONFIG), reason="reads the emulator's request log")
@@ -31,6 +32,8 @@ def operator_calls(env: PodsEnv) -> dict[str, set[Call]]:
             continue  # discovery documents are open to every authenticated user (system:discovery)
         plural = f"{request.resource}/{request.subresource}" if request.subresource else request.resource
         scope = "gadget" if request.resource in ("pods", "configmaps") else "cluster"
+        if request.resource == "leases":  # leader election: the Lease in the operator's own namespace
+            scope = request.namespace or "cluster"
         verbs = {request.verb}
         if request.subresource == "portforward":
             verbs = {"get", "create"}  # a WebSocket GET; Kubernetes 1.35 also authorizes it as create
@@ -38,7 +41,8 @@ def operator_calls(env: PodsEnv) -> dict[str, set[Call]]:
     return calls
 
 
-async def test_the_shipped_rbac_rules_are_exactly_the_calls_the_operator_makes(pods_env: PodsEnv) -> None:
+async def exercise(pods_env: PodsEnv) -> None:
+    """Every kind of call: orphans to remove, a resource applied, Running, deleted."""
     node = "node-1"
     ghost = identity.Ownership("6a7c0000-0000-4000-8000-000000000001", "default/ghost", node, "x")
     orphan_id = identity.instance_id(ghost.resource_uid, node, "x")
@@ -62,6 +66,9 @@ async def test_the_shipped_rbac_rules_are_exactly_the_calls_the_operator_makes(p
 
     await eventually(orphans_removed, what="orphans removed")
 
+
+async def test_the_shipped_rbac_rules_are_exactly_the_calls_the_operator_makes(pods_env: PodsEnv) -> None:
+    await exercise(pods_env)
     binaries = k8s_binaries.ensure()
     granted = rbac_rules(load_documents(run([binaries["kubectl"], "kustomize", str(BASE)]).stdout))
     used = operator_calls(pods_env)
@@ -70,3 +77,28 @@ async def test_the_shipped_rbac_rules_are_exactly_the_calls_the_operator_makes(p
         f"granted, never used: { {s: granted[s] - used.get(s, set()) for s in granted} }"
     )
     assert (resource.GROUP, f"{resource.PLURAL}/status", "patch") in used["cluster"]
+
+
+async def test_with_leader_election_the_chart_grants_exactly_the_calls_too(
+    cluster: tuple[Cluster, KubeEmulator | None],
+) -> None:
+    """Several replicas (chart replicaCount 2): the same calls plus the Lease, in the release namespace."""
+    election = ("--leader-elect", "--lease-namespace", NAMESPACE, "--lease-duration", "4", "--renew-deadline", "3")
+    async with daemon_pods(cluster, 3, "--resync-interval", "1", *election, "--retry-period", "0.5") as env:
+        await exercise(env)
+
+        async def renewed() -> bool:  # the leader renews its Lease every retry period
+            return any(r.resource == "leases" and r.verb == "update" for r in env.emulator.requests)
+
+        await eventually(renewed, what="a renewal of the Lease")
+        used = operator_calls(env)
+    binaries = k8s_binaries.ensure()
+    rendered = run(
+        [binaries["helm"], "template", RELEASE, CHART, "--namespace", NAMESPACE, "--set", "replicaCount=2"]
+    ).stdout
+    granted = rbac_rules(load_documents(rendered))
+    assert used == granted, (
+        f"calls not granted: { {s: used.get(s, set()) - granted.get(s, set()) for s in used} }\n"
+        f"granted, never used: { {s: granted[s] - used.get(s, set()) for s in granted} }"
+    )
+    assert {("coordination.k8s.io", "leases", v) for v in ("get", "create", "update")} == used[NAMESPACE]

@@ -29,7 +29,7 @@ NAMESPACE = "gadget-operator-system"
 # The version of the kubectl used here; kubernetes-validate has its schemas.
 K8S_VERSION = "1.35"
 
-# Non-default chart values: several replicas (peering), static discovery with mutual TLS, a
+# Non-default chart values: several replicas (leader election), static discovery with mutual TLS, a
 # ServiceMonitor, two watched namespaces. Every object they render is validated too.
 CUSTOM_VALUES: dict[str, Any] = {
     "replicaCount": 2,
@@ -50,11 +50,7 @@ CUSTOM_VALUES: dict[str, Any] = {
 }
 
 # Custom resources whose schemas kubernetes-validate does not have; the tests check them by hand.
-CUSTOM_KINDS = {
-    ("monitoring.coreos.com/v1", "ServiceMonitor"),
-    ("kopf.dev/v1", "ClusterKopfPeering"),
-    ("kopf.dev/v1", "KopfPeering"),
-}
+CUSTOM_KINDS = {("monitoring.coreos.com/v1", "ServiceMonitor")}
 
 
 def _load_k8s_binaries() -> ModuleType:

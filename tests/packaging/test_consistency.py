@@ -18,7 +18,7 @@ import click
 import pytest
 
 from gadget_operator import cli
-from tests.packaging.conftest import CUSTOM_VALUES, containers_env, find, one
+from tests.packaging.conftest import CUSTOM_VALUES, NAMESPACE, containers_env, find, one
 
 Rule = tuple[str, str, str]  # (apiGroup, resource, verb)
 
@@ -95,17 +95,18 @@ def test_rbac_bindings_name_the_operator_service_account(
             ]
 
 
-def test_peering_adds_only_the_peering_rules(
+LEASE_RULES = {("coordination.k8s.io", "leases", verb) for verb in ("get", "create", "update")}
+"""Leader election: one Lease in the operator's own namespace (a Role there, nothing cluster-wide)."""
+
+
+def test_leader_election_adds_only_the_lease_rules(
     helm_template: Callable[..., list[dict[str, Any]]], chart_custom: list[dict[str, Any]]
 ) -> None:
-    cluster_wide = rbac_rules(helm_template({"replicaCount": 3}))
-    assert cluster_wide["cluster"] - EXPECTED_RULES["cluster"] == {
-        ("kopf.dev", "clusterkopfpeerings", verb) for verb in ("get", "list", "watch", "patch")
-    }
+    several = rbac_rules(helm_template({"replicaCount": 3}))
+    assert several == EXPECTED_RULES | {NAMESPACE: LEASE_RULES}
+    assert rbac_rules(helm_template({"leaderElection": {"enabled": True}})) == several
     namespaced = rbac_rules(chart_custom)  # static discovery: the per-node store's rules
-    assert namespaced == {
-        "cluster": STATIC_CLUSTER_RULES | {("kopf.dev", "kopfpeerings", v) for v in ("get", "list", "watch", "patch")}
-    }
+    assert namespaced == {"cluster": STATIC_CLUSTER_RULES, NAMESPACE: LEASE_RULES}
 
 
 def test_chart_defaults_and_base_configure_the_operator_alike(
@@ -183,7 +184,6 @@ def test_the_operator_parses_the_chart_defaults(
 ) -> None:
     params = parse_run(containers_env(one(chart_default, "Deployment")), [], tmp_path, monkeypatch)
     assert params["standalone"] is True
-    assert params["peering"] is None
     assert params["namespaces"] == ()
     assert params["discovery"] == "pods"
     assert (params["daemon_namespace"], params["daemon_selector"], params["daemon_port"]) == (
@@ -201,8 +201,9 @@ def test_the_operator_parses_the_chart_custom_values(
     deployment = one(chart_custom, "Deployment")
     (container,) = deployment["spec"]["template"]["spec"]["containers"]
     params = parse_run(containers_env(deployment), container["args"], tmp_path, monkeypatch)
-    assert params["standalone"] is False
-    assert params["peering"] == "gadget-operator"
+    assert params["standalone"] is False  # two replicas: leader election
+    assert (params["lease_name"], params["lease_namespace"]) == ("gadget-operator", NAMESPACE)
+    assert (params["lease_duration"], params["renew_deadline"], params["retry_period"]) == (10, 7.0, 2.0)
     # run() splits the comma-separated list itself.
     assert [ns for item in params["namespaces"] for ns in item.split(",")] == CUSTOM_VALUES["watchNamespaces"]
     assert params["discovery"] == "static"

@@ -70,14 +70,10 @@ def test_default_values_render_valid_objects(chart_default: list[dict[str, Any]]
 
 def test_custom_values_render_valid_objects(chart_custom: list[dict[str, Any]]) -> None:
     custom = validate_all(chart_custom)
-    assert sorted((o["kind"], o["metadata"].get("namespace")) for o in custom) == [
-        ("KopfPeering", "a"),
-        ("KopfPeering", "b"),
-        ("ServiceMonitor", NAMESPACE),
-    ]
-    # Static discovery: no access to the daemon pods at all.
-    assert find(chart_custom, "Role") == []
-    assert find(chart_custom, "RoleBinding") == []
+    assert sorted((o["kind"], o["metadata"].get("namespace")) for o in custom) == [("ServiceMonitor", NAMESPACE)]
+    # Static discovery: no access to the daemon pods at all; only the leader-election Lease (2 replicas).
+    assert [r["metadata"]["name"] for r in find(chart_custom, "Role")] == ["gadget-operator-leader-election"]
+    assert [b["metadata"]["name"] for b in find(chart_custom, "RoleBinding")] == ["gadget-operator-leader-election"]
 
 
 def test_default_deployment(chart_default: list[dict[str, Any]]) -> None:
@@ -92,47 +88,50 @@ def test_default_deployment(chart_default: list[dict[str, Any]]) -> None:
     assert pod["serviceAccountName"] == one(chart_default, "ServiceAccount")["metadata"]["name"]
     env = containers_env(deployment)
     assert env["GADGET_OPERATOR_STANDALONE"] == "true"
-    assert "GADGET_OPERATOR_PEERING" not in env
     assert "GADGET_OPERATOR_NAMESPACES" not in env  # every namespace
     assert env["GADGET_OPERATOR_DISCOVERY"] == "pods"
     assert container["resources"] == {"requests": {"cpu": "50m", "memory": "64Mi"}, "limits": {"memory": "256Mi"}}
 
 
-def test_several_replicas_turn_on_peering(chart_custom: list[dict[str, Any]]) -> None:
+def test_several_replicas_turn_on_leader_election(chart_custom: list[dict[str, Any]]) -> None:
     deployment = one(chart_custom, "Deployment")
     env = containers_env(deployment)
     assert deployment["spec"]["replicas"] == 2
     assert deployment["spec"]["strategy"]["type"] == "RollingUpdate"
     assert env["GADGET_OPERATOR_STANDALONE"] == "false"
-    assert env["GADGET_OPERATOR_PEERING"] == "gadget-operator"
+    assert env["GADGET_OPERATOR_LEASE_NAME"] == "gadget-operator"
+    assert env["GADGET_OPERATOR_LEASE_NAMESPACE"] == NAMESPACE
     assert env["GADGET_OPERATOR_NAMESPACES"] == "a,b"
-    # kopf stays paused until its peering object exists: one per watched namespace.
-    for peering in find(chart_custom, "KopfPeering"):
-        assert peering["metadata"]["name"] == "gadget-operator"
-        assert set(peering) == {"apiVersion", "kind", "metadata"}
-    rules = one(chart_custom, "ClusterRole")["rules"]
-    assert {"apiGroups": ["kopf.dev"], "resources": ["kopfpeerings"], "verbs": ["get", "list", "watch", "patch"]} in (
-        rules
-    )
-
-
-def test_peering_cluster_wide_uses_a_cluster_peering(helm_template: Render) -> None:
-    objects = helm_template({"peering": {"enabled": True}})
-    validate_all(objects)
-    assert one(objects, "Deployment")["spec"]["replicas"] == 1
-    assert containers_env(one(objects, "Deployment"))["GADGET_OPERATOR_PEERING"] == "gadget-operator"
-    assert one(objects, "ClusterKopfPeering")["metadata"]["name"] == "gadget-operator"
-    assert find(objects, "KopfPeering") == []
-    peering_rules = [r for r in one(objects, "ClusterRole")["rules"] if r["apiGroups"] == ["kopf.dev"]]
-    assert peering_rules == [
-        {"apiGroups": ["kopf.dev"], "resources": ["clusterkopfpeerings"], "verbs": ["get", "list", "watch", "patch"]}
+    # The Lease lives in the release namespace whatever namespaces are watched: one Role, there.
+    role = one(chart_custom, "Role", "gadget-operator-leader-election")
+    assert role["metadata"]["namespace"] == NAMESPACE
+    assert role["rules"] == [
+        {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": ["get", "create", "update"]}
     ]
+    assert one(chart_custom, "RoleBinding", "gadget-operator-leader-election")["metadata"]["namespace"] == NAMESPACE
 
 
-def test_no_peering_without_replicas_or_request(chart_default: list[dict[str, Any]]) -> None:
-    assert find(chart_default, "ClusterKopfPeering") == []
-    assert find(chart_default, "KopfPeering") == []
-    assert all(r["apiGroups"] != ["kopf.dev"] for r in one(chart_default, "ClusterRole")["rules"])
+def test_leader_election_with_one_replica_on_request(helm_template: Render) -> None:
+    objects = helm_template({"leaderElection": {"enabled": True, "leaseName": "gi-leader", "leaseDuration": 30}})
+    validate_all(objects)
+    deployment = one(objects, "Deployment")
+    assert deployment["spec"]["replicas"] == 1
+    env = containers_env(deployment)
+    assert env["GADGET_OPERATOR_STANDALONE"] == "false"
+    assert (env["GADGET_OPERATOR_LEASE_NAME"], env["GADGET_OPERATOR_LEASE_DURATION"]) == ("gi-leader", "30")
+    assert one(objects, "Role", "gadget-operator-leader-election")
+
+
+def test_leader_election_timings_are_checked(helm: Path) -> None:
+    result = run_failing(
+        [helm, "template", "x", CHART, "--set", "replicaCount=2", "--set", "leaderElection.renewDeadline=20"]
+    )
+    assert "renewDeadline must be shorter than leaderElection.leaseDuration" in result.stderr
+
+
+def test_no_leader_election_without_replicas_or_request(chart_default: list[dict[str, Any]]) -> None:
+    assert find(chart_default, "Role", "gadget-operator-leader-election") == []
+    assert "GADGET_OPERATOR_LEASE_NAME" not in containers_env(one(chart_default, "Deployment"))
 
 
 def test_static_discovery_with_tls(chart_custom: list[dict[str, Any]]) -> None:
@@ -269,5 +268,6 @@ def test_notes_render(helm: Path, tmp_path: Path) -> None:
     values.write_text(yaml.safe_dump(CUSTOM_VALUES))
     notes = run([helm, "install", RELEASE, CHART, "--dry-run=client", "--namespace", NAMESPACE, "-f", values]).stdout
     assert "kubectl get gi" in notes
-    assert "Peering is on" in notes
+    assert "Leader election is on (2 replica(s))" in notes
+    assert "get lease gadget-operator" in notes
     assert "the namespaces a, b" in notes

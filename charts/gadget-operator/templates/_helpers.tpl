@@ -49,9 +49,9 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) }}
 {{- end }}
 
-{{/* "true" when the replicas run with kopf peering (several replicas, or asked for), else empty. */}}
-{{- define "gadget-operator.peering" -}}
-{{- if or .Values.peering.enabled (gt (int .Values.replicaCount) 1) }}true{{ end }}
+{{/* "true" when the replicas elect a leader with a Lease (several replicas, or asked for), else empty. */}}
+{{- define "gadget-operator.leaderElection" -}}
+{{- if or .Values.leaderElection.enabled (gt (int .Values.replicaCount) 1) }}true{{ end }}
 {{- end }}
 
 {{/* The daemons' instance store: discovery.store, or by discovery mode (pods: IG's DaemonSet, shared). */}}
@@ -67,6 +67,14 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- define "gadget-operator.validate" -}}
 {{- if and (eq .Values.discovery.mode "static") (not .Values.discovery.staticNodes) }}
 {{- fail "discovery.mode=static needs discovery.staticNodes: a map of node name to \"tcp://host:port\" or \"unix:///path\"" }}
+{{- end }}
+{{- with .Values.leaderElection }}
+{{- if not (lt (float64 .renewDeadline) (float64 .leaseDuration)) }}
+{{- fail "leaderElection.renewDeadline must be shorter than leaderElection.leaseDuration" }}
+{{- end }}
+{{- if not (lt (float64 .retryPeriod) (float64 .renewDeadline)) }}
+{{- fail "leaderElection.retryPeriod must be shorter than leaderElection.renewDeadline" }}
+{{- end }}
 {{- end }}
 {{- if and .Values.metrics.serviceMonitor.enabled (not .Values.metrics.enabled) }}
 {{- fail "metrics.serviceMonitor.enabled needs metrics.enabled" }}

@@ -499,8 +499,8 @@ class KubeEmulator:
     def deny(self, verb: str, resource: str, subresource: str | None = None) -> None:
         """Make the requester's RBAC deny ``verb`` on ``resource[/subresource]``: 403 Forbidden.
 
-        Honoured by ``pods/portforward`` (a WebSocket GET that Kubernetes 1.35 authorizes as both get
-        and create, so denying either refuses it); ``allow`` undoes it.
+        Honoured by every resource request, and by ``pods/portforward`` (a WebSocket GET that Kubernetes
+        1.35 authorizes as both get and create, so denying either refuses it); ``allow`` undoes it.
         """
         self._denied.add((verb, resource, subresource))
 
@@ -928,6 +928,11 @@ class KubeEmulator:
             verb in ("create", "deletecollection") and rt.namespaced and namespace is None
         ):
             raise _not_allowed()
+        if (verb, rt.plural, sub) in self._denied:
+            scope = f' in the namespace "{namespace}"' if namespace else " at the cluster scope"
+            what = f"{rt.plural}/{sub}" if sub else rt.plural
+            message = f'{what}{f" {name!r}" if name else ""} is forbidden: cannot {verb} resource "{what}"'
+            raise ApiError(403, "Forbidden", f"{message} in API group {rt.group!r}{scope}", rt.details(name or ""))
         if "dryRun" in query:
             raise _bad_request("dryRun is not supported by the kube emulator")
         if verb == "get":
