@@ -95,12 +95,22 @@ class SharedPlacement:
             taken_over=rec.taken_over,
         )
         self.waiting = bool(plan.waiting)
-        failed = False
-        for wanted in plan.creates:
-            failed |= not await self._create(wanted, ready)
-        for removal in plan.removals:
-            failed |= not await self._remove(removal, ready)
-        self._failures = self._failures + 1 if failed else 0
+        failed: list[bool] = []
+        touched: set[str] = set()
+        width = rec.settings.executor.max_concurrency
+
+        async def create(wanted: planner.DesiredInstance) -> None:
+            failed.append(not await self._create(wanted, ready, touched))
+
+        async def remove(removal: planner.Removal) -> None:
+            failed.append(not await self._remove(removal, ready, touched))
+
+        # Writes go out together (bounded) and spread over the daemons; the nodes they concern look
+        # again once, after the burst, not once per write.
+        await executor.each(plan.creates, create, width)
+        await executor.each(plan.removals, remove, width)
+        rec.wake_nodes(touched, relist=True)
+        self._failures = self._failures + 1 if any(failed) else 0
         await rec.finish_shared_cleanups(self.holders())
 
     def holders(self) -> set[str]:
@@ -108,17 +118,25 @@ class SharedPlacement:
         owners = (identity.parse_ownership(i.tags) for i in self.inventory.instances.values())
         return {owner.resource_uid for owner in owners if owner is not None}
 
-    def _daemons(self, ready: Mapping[str, str], preferred: Iterable[str]) -> list[tuple[str, DaemonClient]]:
-        """Daemons to write through, the instance's own nodes first (any would do)."""
-        order = [node for node in sorted(preferred) if node in ready]
-        order += [node for node in sorted(ready) if node not in set(order)]
+    def _daemons(
+        self, ready: Mapping[str, str], preferred: Iterable[str], instance_id: str
+    ) -> list[tuple[str, DaemonClient]]:
+        """Daemons to write through: any would do; one of the instance's own nodes first, picked by
+        its ID so that a burst of writes is spread over the daemons, then the others in turn."""
+        own = sorted(node for node in preferred if node in ready)
+        others = sorted(node for node in ready if node not in set(own))
+        order = []
+        for group in (own, others):
+            if group:
+                start = int(instance_id[:8], 16) % len(group)
+                order += group[start:] + group[:start]
         return [(node, self.rec.pool.get(ready[node])) for node in order[:MAX_DAEMONS_TRIED]]
 
-    async def _create(self, wanted: planner.DesiredInstance, ready: Mapping[str, str]) -> bool:
+    async def _create(self, wanted: planner.DesiredInstance, ready: Mapping[str, str], touched: set[str]) -> bool:
         instance = wanted.instance
         targets = planner.runs_on(instance, wanted.owner, ready.keys())
         last: errors.DaemonError | None = None
-        for node, client in self._daemons(ready, targets):
+        for node, client in self._daemons(ready, targets, instance.id):
             try:
                 await client.create_instance(instance, event_buffer_length=wanted.event_buffer_length)
             except errors.InstanceAlreadyExists:
@@ -134,19 +152,19 @@ class SharedPlacement:
                 metrics.INSTANCES_CREATED.inc()
                 logger.info("created instance %s of %s through %s", instance.id, wanted.owner.resource, node)
             self.inventory.created(instance)
-            self.rec.wake_nodes(targets, relist=True)
+            touched |= targets
             return True
         if last is not None:
             self.rec.record_store_failure(wanted.owner.resource_uid, instance.id, targets, last)
         return False
 
-    async def _remove(self, removal: planner.Removal, ready: Mapping[str, str]) -> bool:
+    async def _remove(self, removal: planner.Removal, ready: Mapping[str, str], touched: set[str]) -> bool:
         if removal.verify_owner and not await self.rec.owner_gone(removal.owner):
             return True
         stored = self.inventory.instances.get(removal.instance_id)
         runs_on = planner.runs_on(stored, removal.owner, ready.keys()) if stored is not None else set()
         last: errors.DaemonError | None = None
-        for node, client in self._daemons(ready, runs_on):
+        for node, client in self._daemons(ready, runs_on, removal.instance_id):
             try:
                 await client.remove_instance(removal.instance_id)
             except errors.InstanceNotFound:
@@ -168,7 +186,7 @@ class SharedPlacement:
                     removal.reason,
                 )
             self.inventory.removed(removal.instance_id)
-            self.rec.wake_nodes(runs_on, relist=True)
+            touched |= runs_on
             return True
         if last is not None and removal.owner.resource_uid in self.rec.cleanup:
             self.rec.record_store_failure(removal.owner.resource_uid, "", runs_on or set(ready), last, removing=True)
