@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import os
@@ -10,8 +11,10 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 import yaml
 
@@ -49,6 +52,60 @@ def simulator_process(nodes: int, *, transport: str = "unix") -> Iterator[dict[s
             except subprocess.TimeoutExpired:  # a stuck simulator must not outlive the benchmark
                 process.kill()
                 process.wait()
+
+
+@dataclass
+class Simulator:
+    """A running ``gadget-operator simulate``: its node -> address map, process and log (its stderr)."""
+
+    nodes: dict[str, str]
+    pid: int
+    log: Path
+
+    def log_tail(self, chars: int = 4000) -> str:
+        return _text(self.log)[-chars:]
+
+
+@contextlib.asynccontextmanager
+async def simulator_process_async(
+    nodes: int, *, extra_args: Sequence[str] = (), within: float = 300.0
+) -> AsyncIterator[Simulator]:
+    """``simulator_process`` for a caller whose event loop must keep running meanwhile (the simulated daemons of
+    the shared store list and watch ConfigMaps on an API server that may be served by that very loop).
+
+    stderr goes to a file, so a simulator that logs a lot never blocks on a full pipe."""
+    with tempfile.TemporaryDirectory(prefix="gb-") as directory:
+        out = Path(directory) / "nodes.yaml"
+        log = Path(tempfile.mkstemp(prefix="gadget-simulate-", suffix=".log")[1])
+        command = ["-m", "gadget_operator", "simulate", "--nodes", str(nodes), "--transport", "unix"]
+        command += ["--dir", directory, "--no-store", "--static-nodes-out", str(out), *extra_args]
+        with _append(log) as sink:
+            process = await asyncio.create_subprocess_exec(
+                sys.executable, *command, stdout=asyncio.subprocess.DEVNULL, stderr=sink
+            )
+        try:
+            deadline = time.monotonic() + within
+            while "serving" not in _text(log):  # the node map is written before this line
+                if process.returncode is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"simulator did not start: {_text(log)[-4000:]}")
+                await asyncio.sleep(0.05)
+            yield Simulator(yaml.safe_load(_text(out)), process.pid, log)
+        finally:
+            if process.returncode is None:
+                process.send_signal(signal.SIGINT)
+            try:
+                await asyncio.wait_for(process.wait(), 30)
+            except TimeoutError:  # a stuck simulator must not outlive the benchmark
+                process.kill()
+                await process.wait()
+
+
+def _append(path: Path) -> BinaryIO:
+    return path.open("ab")
+
+
+def _text(path: Path) -> str:
+    return path.read_text(errors="replace")
 
 
 def record(name: str, result: dict[str, object]) -> None:
