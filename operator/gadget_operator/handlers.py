@@ -157,7 +157,8 @@ class Runtime:
             runtime.elector = Elector(api, settings.leader_election)
             runtime.tasks.append(asyncio.create_task(runtime._lead(runtime.elector)))
         else:
-            runtime._start_reconciler()  # kopf delivers every GadgetInstance once this startup returns
+            reconciler = runtime._start_reconciler()
+            runtime.tasks.append(asyncio.create_task(runtime._catch_up(reconciler)))
         return runtime
 
     def _start_reconciler(self) -> Reconciler:
@@ -181,8 +182,10 @@ class Runtime:
         os._exit(LOST_LEADERSHIP_EXIT_CODE)
 
     async def _catch_up(self, reconciler: Reconciler) -> None:
-        """Hand the reconciler every GadgetInstance: kopf's initial listing came while this replica stood
-        by. A resource kopf delivers meanwhile is not handled twice: observe() keeps the newest copy."""
+        """Hand the reconciler every GadgetInstance with one list: kopf's initial listing may have come
+        while this replica stood by, and until every resource is known no instance may be judged an
+        orphan (that would cost one GET per instance after a restart). A resource kopf delivers
+        meanwhile is not handled twice: observe() keeps the newest copy."""
         retry = self.settings.leader_election.retry_period
         for namespace in self.settings.namespaces or (None,):
             while True:
@@ -194,7 +197,8 @@ class Runtime:
                     await asyncio.sleep(retry)
             for body in items:
                 await reconciler.observe(None, body)
-        logger.info("leader: handed every GadgetInstance to the reconciler")
+        reconciler.resources_listed()
+        logger.info("every GadgetInstance handed to the reconciler")
 
     async def stop(self) -> None:
         for task in self.tasks:

@@ -141,6 +141,7 @@ class Reconciler:
         self._matching_cache: dict[str, tuple[tuple[int, str], list[str]]] = {}
         self._shared_cache: dict[str, tuple[tuple[int, str], planner.DesiredInstance]] = {}
         self._unreachable: set[str] = set()
+        self._resources_listed = False
         self._phases: dict[str, str] = {}
         self.verdicts = validation.Verdicts()
         """Dry-run results per (image, params): no instance of a spec is created before it passed."""
@@ -741,8 +742,17 @@ class Reconciler:
             # Gone without our cleanup (finalizer removed by hand): sweep its orphans now.
             self.wake_all()
 
+    def resources_listed(self) -> None:
+        """Every GadgetInstance has been seen once: instances of unknown resources may now be judged."""
+        self._resources_listed = True
+        self.wake_all(relist=False)
+        if self.shared is not None:
+            self.shared.wake()
+
     async def owner_gone(self, owner: identity.Ownership) -> bool:
-        if owner.resource_uid in self.resources:
+        """Whether an instance's resource is really gone. Not before every resource has been listed once
+        (a restart must not ask about each instance); then one GET confirms it."""
+        if owner.resource_uid in self.resources or not self._resources_listed:
             return False
         namespace, _, name = owner.resource.partition("/")
         try:

@@ -657,3 +657,33 @@ async def test_a_node_that_left_the_cluster_while_its_daemon_lives_is_cleaned(en
     await env.cluster.delete("trace")
     await env.cluster.wait_gone("trace")
     assert await env.nodes.owned_by(uid) == {}
+
+
+@pytest.mark.skipif(bool(E2E_KUBECONFIG), reason="reads the emulator's request log")
+async def test_a_restarted_operator_asks_about_no_instance_one_by_one(env: Env) -> None:
+    for name in ("a", "b", "c"):
+        await env.cluster.apply(name, TRACE_EXEC)
+    for name in ("a", "b", "c"):
+        await env.cluster.wait_phase(name, "Running")
+    assert env.emulator is not None
+    before = len(env.emulator.requests)
+
+    await env.restart_operator(crash=True)
+    for name in ("a", "b", "c"):
+        await env.cluster.wait_phase(name, "Running")
+    await eventually(lambda: _listed_after(env, before), what="the restarted operator listed the GadgetInstances once")
+
+    single_gets = [
+        r
+        for r in env.emulator.requests[before:]
+        if r.user_agent.startswith("gadget-operator/") and r.resource == "gadgetinstances" and r.verb == "get"
+    ]
+    assert single_gets == []  # every instance's owner was known from the one list: no GET per instance
+
+
+async def _listed_after(env: Env, before: int) -> bool:
+    assert env.emulator is not None
+    return any(
+        r.user_agent.startswith("gadget-operator/") and r.resource == "gadgetinstances" and r.verb == "list"
+        for r in env.emulator.requests[before:]
+    )
