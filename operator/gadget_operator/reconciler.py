@@ -141,6 +141,9 @@ class Reconciler:
         self._matching_cache: dict[str, tuple[tuple[int, str], list[str]]] = {}
         self._shared_cache: dict[str, tuple[tuple[int, str], planner.DesiredInstance]] = {}
         self._unreachable: set[str] = set()
+        self._finalizer_errors: dict[str, tuple[int, str]] = {}
+        self._finalizer_retries: set[str] = set()
+        """Per resource UID whose finalizer could not be added: failures so far, and the last error."""
         self._resources_listed = False
         self._phases: dict[str, str] = {}
         self.verdicts = validation.Verdicts()
@@ -199,8 +202,12 @@ class Reconciler:
         # refused by admission): it gets its Failed status without the finalizer.
         if not gi.deleting and not gi.has_finalizer and gi.spec is not None:
             if not await self._add_finalizer(gi):
+                # Known, so that its status can say why nothing runs; it runs nothing without the finalizer.
+                self.resources[uid] = gi
+                self.writer.mark(uid)
                 return
             gi = _with_finalizer(gi)
+        self._finalizer_errors.pop(uid, None)
         self.resources[uid] = gi
         self._count_phase(uid, str(gi.status.get("phase", "")) or None)
         if gi.deleting and gi.has_finalizer and uid not in self.cleanup:
@@ -600,6 +607,10 @@ class Reconciler:
         def observed() -> status.Observed:
             return status.Observed(gi.generation, gi.status, self.clock(), self.settings.status.max_node_entries)
 
+        finalizer_error = self._finalizer_errors.get(uid)
+        if finalizer_error is not None and not gi.has_finalizer:
+            refused = finalizer_error[1]
+            return Rendered(lambda: status.compute_status(observed(), finalizer_error=refused), gi.status, settled=True)
         if gi.deleting:
             # Never settled, so held back for settle_timeout: a quick cleanup writes no Terminating status.
             return Rendered(
@@ -731,6 +742,7 @@ class Reconciler:
 
     def _forget(self, uid: str) -> None:
         self._count_phase(uid, None)
+        self._finalizer_errors.pop(uid, None)
         for desired in self._desired.values():
             desired.pop(uid, None)
         self._matching_cache.pop(uid, None)
@@ -772,23 +784,48 @@ class Reconciler:
             return False
 
     async def _add_finalizer(self, gi: GadgetInstanceResource) -> bool:
+        """Add the cleanup finalizer; on failure the status and a Warning Event say why, and it is tried
+        again with per-resource exponential backoff (a conflict also comes back with the next event)."""
         try:
             await self.api.add_finalizer(gi)
         except Exception as error:
-            # A conflict means the object changed: its next watch event brings us back here.
-            logger.info("%s: adding the finalizer failed (%s); retrying on the next event", gi.key, error)
-            asyncio.get_running_loop().call_later(
-                self.settings.executor.backoff_initial, lambda: self._spawn(self._retry_finalizer(gi))
-            )
+            failures, previous = self._finalizer_errors.get(gi.uid, (0, ""))
+            message = str(error)
+            self._finalizer_errors[gi.uid] = (failures + 1, message)
+            config = self.settings.executor
+            delay = min(config.backoff_initial * 2.0**failures, config.backoff_max)
+            logger.warning("%s: adding the finalizer failed, retrying in %gs: %s", gi.key, delay, message)
+            if message != previous:
+                self._spawn(self._warn(gi, "FinalizerRefused", f"cannot add the cleanup finalizer: {message}"))
+            self._retry_finalizer_later(gi, delay)
             return False
         return True
 
+    def _retry_finalizer_later(self, gi: GadgetInstanceResource, delay: float) -> None:
+        if gi.uid in self._finalizer_retries:
+            return  # one retry at a time per resource
+        self._finalizer_retries.add(gi.uid)
+        asyncio.get_running_loop().call_later(delay, lambda: self._spawn(self._retry_finalizer(gi)))
+
     async def _retry_finalizer(self, gi: GadgetInstanceResource) -> None:
-        if gi.uid in self.resources:
-            return  # a later event already handled it
-        latest = await self.api.get_gadget_instance(gi.namespace, gi.name)
+        self._finalizer_retries.discard(gi.uid)
+        known = self.resources.get(gi.uid)
+        if known is None or known.has_finalizer or gi.uid not in self._finalizer_errors:
+            return  # gone, or a later event already handled it
+        try:
+            latest = await self.api.get_gadget_instance(gi.namespace, gi.name)
+        except Exception as error:  # a failed read must not end the retries
+            logger.warning("%s: reading it to retry the finalizer failed: %s", gi.key, error)
+            self._retry_finalizer_later(gi, self.settings.executor.backoff_max)
+            return
         if latest is not None:
             await self.observe("MODIFIED", latest)
+
+    async def _warn(self, gi: GadgetInstanceResource, reason: str, message: str) -> None:
+        try:
+            await self.api.post_event(gi, warning=True, reason=reason, message=message)
+        except Exception as error:
+            logger.debug("%s: posting the %s event failed: %s", gi.key, reason, error)
 
     def _nodes_touched(self, previous: GadgetInstanceResource | None, gi: GadgetInstanceResource) -> set[str]:
         nodes = {node for node in self.workers if self._targets(gi, node)}
@@ -802,6 +839,7 @@ class Reconciler:
         labels = self.topology.labels.get(node)
         return (
             gi.active
+            and gi.has_finalizer  # nothing runs that a deletion could not clean up
             and spec is not None
             and labels is not None  # a node that left the cluster runs nothing
             and spec.targets(node, labels)
@@ -967,11 +1005,12 @@ def _older(candidate: str, current: str) -> bool:
 
 def _wants_differ(before: GadgetInstanceResource, after: GadgetInstanceResource) -> bool:
     """Whether the change can alter which instances run where (not just the status)."""
-    return (before.spec, before.spec_error, before.deleting, before.generation) != (
+    return (before.spec, before.spec_error, before.deleting, before.generation, before.has_finalizer) != (
         after.spec,
         after.spec_error,
         after.deleting,
         after.generation,
+        after.has_finalizer,  # nothing runs before the finalizer is on
     )
 
 

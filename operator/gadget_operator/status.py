@@ -80,6 +80,7 @@ def compute_status(
     outcomes: Mapping[str, NodeOutcome] | None = None,
     spec_error: str | None = None,
     rejected: str | None = None,
+    finalizer_error: str | None = None,
     suspended: bool = False,
     deleting: bool = False,
 ) -> dict[str, Any]:
@@ -107,6 +108,7 @@ def compute_status(
         cleaning=len(shown),
         spec_error=spec_error,
         rejected=rejected,
+        finalizer_error=finalizer_error,
         suspended=suspended,
         deleting=deleting,
     )
@@ -153,6 +155,7 @@ def _judge(
     cleaning: int,
     spec_error: str | None,
     rejected: str | None,
+    finalizer_error: str | None,
     suspended: bool,
     deleting: bool,
 ) -> tuple[Phase, str, list[Condition]]:
@@ -175,6 +178,9 @@ def _judge(
         return _settled(Phase.FAILED, "InvalidSpec", f"invalid spec: {spec_error}", ready=False, degraded=True)
     if rejected is not None:
         return _settled(Phase.FAILED, "GadgetRejected", rejected, ready=False, degraded=True)
+    if finalizer_error is not None:
+        message = f"cannot add the cleanup finalizer, retrying with backoff; nothing runs until then: {finalizer_error}"
+        return _settled(Phase.PENDING, "FinalizerRefused", message, ready=False, degraded=True)
     if suspended:
         return _settled(Phase.SUSPENDED, "Suspended", "suspended: no instances run", ready=True, degraded=False)
     if desired == 0:

@@ -687,3 +687,25 @@ async def _listed_after(env: Env, before: int) -> bool:
         r.user_agent.startswith("gadget-operator/") and r.resource == "gadgetinstances" and r.verb == "list"
         for r in env.emulator.requests[before:]
     )
+
+
+@pytest.mark.skipif(bool(E2E_KUBECONFIG), reason="the emulator refuses the finalizer patch (as a webhook would)")
+async def test_a_refused_finalizer_shows_in_the_status_and_nothing_runs_until_it_is_added(env: Env) -> None:
+    assert env.emulator is not None
+    env.emulator.deny("patch", "gadgetinstances")  # the finalizer's JSON patch; /status stays writable
+
+    uid = (await env.cluster.apply("trace", TRACE_EXEC))["metadata"]["uid"]
+    body = await env.cluster.wait_status(
+        "trace", lambda b: condition(b, "Ready")["reason"] == "FinalizerRefused" if b.get("status") else False
+    )
+
+    assert body["status"]["phase"] == "Pending"
+    assert "cannot add the cleanup finalizer" in body["status"]["message"]
+    assert condition(body, "Degraded")["status"] == "True"
+    assert await env.nodes.owned_by(uid) == {}
+    events = (await env.cluster.core.list_namespaced_event(env.cluster.namespace)).items
+    assert any(e.reason == "FinalizerRefused" and e.type == "Warning" for e in events)
+
+    env.emulator.allow("patch", "gadgetinstances")
+    body = await env.cluster.wait_phase("trace", "Running", within=40)
+    assert "gadget-operator.io/cleanup" in body["metadata"]["finalizers"]
