@@ -60,26 +60,20 @@ class Env:
         await self.operator.start()
 
 
+QUICK = (
+    *("--resync-interval", "1", "--rpc-timeout", "1", "--validate-timeout", "3", "--readiness-timeout", "1"),
+    "--verbose",
+)
+"""Short intervals and deadlines, so that a test sees repairs and failures within seconds."""
+
+
 def new_operator(cluster: Cluster, static_nodes: Path, *extra: str) -> OperatorProcess:
     return OperatorProcess(
         static_nodes,
         kube_server=cluster.server,
         kubeconfig=cluster.kubeconfig,
         log_dir=static_nodes.parent,
-        extra_args=[
-            "--namespace",
-            cluster.namespace,
-            "--resync-interval",
-            "1",
-            "--rpc-timeout",
-            "1",
-            "--validate-timeout",
-            "3",
-            "--readiness-timeout",
-            "1",
-            "--verbose",
-            *extra,
-        ],
+        extra_args=["--namespace", cluster.namespace, *QUICK, *extra],
     )
 
 

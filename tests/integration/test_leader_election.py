@@ -40,6 +40,7 @@ from gadget_operator.settings import LeaderElectionSettings
 from gadget_operator.simulator.server import Fleet
 from gadget_operator.testing.kube_emulator import WRITE_VERBS, KubeEmulator, RecordedRequest
 from gadget_operator.testing.operator_process import OperatorProcess
+from tests.integration.conftest import QUICK
 from tests.integration.harness import (
     E2E_KUBECONFIG,
     Cluster,
@@ -173,15 +174,7 @@ class HA:
                 "per-node",
                 "--namespace",
                 self.cluster.namespace,
-                "--resync-interval",
-                "1",
-                "--rpc-timeout",
-                "1",
-                "--validate-timeout",
-                "3",
-                "--readiness-timeout",
-                "1",
-                "--verbose",
+                *QUICK,
                 *ELECTION,
                 *timings,
                 *extra,
