@@ -524,7 +524,11 @@ class Reconciler:
         """Record one node's outcomes. ``holding``: the resources that still have an instance on the node
         (by UID, its ID); one that wants nothing here any more is shown as Removing, or why removal
         fails, until the instance is gone."""
-        wanted = {d.owner.resource_uid for d in desired}
+        # ``desired`` was taken before the pass's calls: a resource that targets the node by now (its
+        # dry run passed meanwhile) is not lingering, whatever the node holds of it.
+        wanted = {d.owner.resource_uid for d in desired} | {
+            uid for uid in holding if (gi := self.resources.get(uid)) is not None and self._targets(gi, node)
+        }
         for uid, outcome in outcomes.items():
             self._set_outcome(uid, node, NodeOutcome(node, outcome.state, outcome.instance_id, outcome.message))
         for uid, per_node in self.outcomes.items():
@@ -574,6 +578,9 @@ class Reconciler:
         wanted = {d.owner.resource_uid for d in desired}
         for uid, per_node in self.outcomes.items():
             known = per_node.get(node)
+            gi = self.resources.get(uid)
+            if gi is not None and self._targets(gi, node):
+                continue  # wanted here by now (``desired`` was taken before the pass's calls)
             if uid not in wanted and uid not in self.cleanup and known is not None:
                 message = f"may still run an instance that should be removed; {why}"
                 self._set_outcome(uid, node, NodeOutcome(node, state, known.instance_id, message))
