@@ -241,8 +241,9 @@ class Reconciler:
         if self.shared is not None:
             self._desired.clear()  # a node's labels change the node set of every resource's instance
             self.shared.wake()
-        for node in nodes:
-            self._desired.pop(node, None)  # its labels may have changed
+        else:
+            for node in nodes:
+                self._desired.pop(node, None)  # its labels may have changed
         metrics.READY_NODES.set(len(self.topology.ready_nodes()))
         served = self._served_nodes()
         for node in nodes:

@@ -13,7 +13,7 @@ rejected spec is not retried until it changes (or the operator restarts).
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from gadget_operator.resource import GadgetInstanceSpec
@@ -57,9 +57,3 @@ class Verdicts:
         self._verdicts[check_key(spec)] = verdict
         while len(self._verdicts) > MAX_VERDICTS:
             del self._verdicts[next(iter(self._verdicts))]
-
-    def __len__(self) -> int:
-        return len(self._verdicts)
-
-    def snapshot(self) -> Mapping[str, Verdict]:
-        return dict(self._verdicts)
