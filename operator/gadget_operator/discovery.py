@@ -8,6 +8,11 @@ access in that namespace only.
 A node is *reachable for planning* once both its Node object and its daemon endpoint are known. Until
 then it gets no instances and none are removed from it: a restarted operator must not mistake
 "not seen yet" for "gone".
+
+A daemon pod that exists but cannot be used yet (Pending, not Running, no IP, being deleted: a daemon
+restarting or rolling out) gives its node no endpoint, but the node still *has a daemon*
+(``has_daemon``): with per-node stores that daemon keeps its instances on the node's disk and starts
+them again, so a deletion must wait for it rather than count the node as clean.
 """
 
 from __future__ import annotations
@@ -24,7 +29,8 @@ from gadget_operator.settings import DaemonTransport, DiscoveryMode, DiscoverySe
 logger = logging.getLogger(__name__)
 
 ChangeListener = Callable[[set[str]], None]
-"""Called with the names of nodes whose labels or endpoint changed (or that appeared or went)."""
+"""Called with the names of nodes whose labels or endpoint changed, that appeared or went, or whose
+daemon pod appeared or went (``has_daemon``)."""
 
 
 @dataclass(slots=True)
@@ -37,6 +43,9 @@ class Topology:
     endpoints: dict[str, str] = field(default_factory=dict)
     pod_uids: dict[str, str] = field(default_factory=dict)
     """Which daemon pod each endpoint came from, so a late DELETED of a replaced pod is ignored."""
+    daemon_pods: dict[str, set[str]] = field(default_factory=dict)
+    """Per node, the UIDs of its daemon pods that exist, usable or not (pods discovery); a node is
+    left out once it has none."""
     endpoints_listed: bool = False
     """Whether the first full listing of endpoints is done (static discovery: at once)."""
 
@@ -48,6 +57,15 @@ class Topology:
     def ready_nodes(self) -> dict[str, str]:
         """Nodes with both a Node object and a daemon endpoint, mapped to the endpoint."""
         return {node: address for node, address in self.endpoints.items() if node in self.labels}
+
+    def has_daemon(self, node: str) -> bool:
+        """Whether ``node`` has a gadget daemon, usable now (an endpoint) or not yet (a daemon pod that is
+        starting, restarting or being replaced), whether or not its Node object exists."""
+        return node in self.endpoints or node in self.daemon_pods
+
+    def daemon_nodes(self) -> set[str]:
+        """Every node that ``has_daemon``."""
+        return self.endpoints.keys() | self.daemon_pods.keys()
 
     def apply_node(self, event_type: str | None, body: Mapping[str, Any]) -> None:
         name = body["metadata"]["name"]
@@ -70,12 +88,24 @@ class Topology:
         if changed:
             self.on_change(changed)
 
-    def replace_endpoints(self, endpoints: Mapping[str, str], pod_uids: Mapping[str, str]) -> None:
+    def replace_endpoints(
+        self,
+        endpoints: Mapping[str, str],
+        pod_uids: Mapping[str, str],
+        daemon_pods: Mapping[str, Iterable[str]] | None = None,
+    ) -> None:
+        """A full listing: the endpoints, the pod each came from and, per node, every daemon pod that
+        exists (default: the endpoints' own pods)."""
+        had_daemon = self.daemon_nodes()
         self.pod_uids = dict(pod_uids)
         changed = {
             node for node in self.endpoints.keys() | endpoints.keys() if self.endpoints.get(node) != endpoints.get(node)
         }
         self.endpoints = dict(endpoints)
+        if daemon_pods is None:
+            daemon_pods = {node: (uid,) for node, uid in pod_uids.items()}
+        self.daemon_pods = {node: set(uids) for node, uids in daemon_pods.items() if uids}
+        changed |= had_daemon ^ self.daemon_nodes()
         self.endpoints_listed = True
         if changed:
             self.on_change(changed)
@@ -85,15 +115,26 @@ class Topology:
         if node is None:
             return
         uid = str(pod["metadata"].get("uid", ""))
+        had_daemon = self.has_daemon(node)
+        changed = False
+        if event_type == "DELETED":
+            pods = self.daemon_pods.get(node, set())
+            pods.discard(uid)
+            if not pods:
+                self.daemon_pods.pop(node, None)
+        else:
+            self.daemon_pods.setdefault(node, set()).add(uid)
         if event_type == "DELETED" or address is None:
             # Only forget the endpoint if it is this pod's: a replacement pod may already be there.
             if self.pod_uids.get(node) == uid and self.endpoints.pop(node, None) is not None:
                 self.pod_uids.pop(node, None)
-                self.on_change({node})
-            return
-        self.pod_uids[node] = uid
-        if self.endpoints.get(node) != address:
-            self.endpoints[node] = address
+                changed = True
+        else:
+            self.pod_uids[node] = uid
+            if self.endpoints.get(node) != address:
+                self.endpoints[node] = address
+                changed = True
+        if changed or self.has_daemon(node) != had_daemon:
             self.on_change({node})
 
 
@@ -121,7 +162,8 @@ async def list_nodes(api: kube.KubeApi, topology: Topology) -> None:
 
 
 async def list_daemon_pods(api: kube.KubeApi, topology: Topology) -> str:
-    """Replace the endpoints with the running daemon pods; returns the list's resourceVersion."""
+    """Replace the endpoints with the running daemon pods (and the daemon pods with all of them);
+    returns the list's resourceVersion."""
     settings = topology.settings
     pods, resource_version = await api.list_pods(settings.daemon_namespace, settings.daemon_selector)
     replace_daemon_pods(topology, pods)
@@ -131,16 +173,22 @@ async def list_daemon_pods(api: kube.KubeApi, topology: Topology) -> str:
 def replace_daemon_pods(topology: Topology, pods: Iterable[Mapping[str, Any]]) -> None:
     listed: dict[str, str] = {}
     owners: dict[str, str] = {}
+    existing: dict[str, set[str]] = {}
     for pod in pods:
         node, address = pod_endpoint(pod, topology.settings)
-        if node is not None and address is not None:
+        if node is None:
+            continue
+        uid = str(pod["metadata"].get("uid", ""))
+        existing.setdefault(node, set()).add(uid)
+        if address is not None:
             listed[node] = address
-            owners[node] = str(pod["metadata"].get("uid", ""))
-    topology.replace_endpoints(listed, owners)
+            owners[node] = uid
+    topology.replace_endpoints(listed, owners, existing)
 
 
 async def watch_daemon_pods(api: kube.KubeApi, topology: Topology, *, retry_delay: float = 2.0) -> None:
-    """Keep ``topology.endpoints`` equal to the running daemon pods, forever (cancel to stop)."""
+    """Keep ``topology.endpoints`` equal to the running daemon pods and ``topology.daemon_pods`` to all
+    of them, forever (cancel to stop)."""
     settings = topology.settings
     await kube.list_and_watch(
         f"daemon pods in {settings.daemon_namespace}",

@@ -41,6 +41,23 @@ DAEMON_CALL_SECONDS = prometheus_client.Histogram(
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
 )
 
+# Work queues (workqueue.WorkQueue), by queue name, after client-go's workqueue metrics.
+WORKQUEUE_DEPTH = prometheus_client.Gauge(
+    "gadget_operator_workqueue_depth", "Keys waiting in a work queue for a worker.", ["name"]
+)
+WORKQUEUE_ADDS = prometheus_client.Counter(
+    "gadget_operator_workqueue_adds_total", "Keys added to a work queue (not counting duplicates).", ["name"]
+)
+WORKQUEUE_RETRIES = prometheus_client.Counter(
+    "gadget_operator_workqueue_retries_total", "Failed keys scheduled again after their backoff.", ["name"]
+)
+WORKQUEUE_WORK_SECONDS = prometheus_client.Histogram(
+    "gadget_operator_workqueue_work_duration_seconds",
+    "Time a work queue's handler took for one key.",
+    ["name"],
+    buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+)
+
 
 def serve(port: int) -> None:
     prometheus_client.start_http_server(port)

@@ -179,17 +179,21 @@ def plan_store(
     held: Collection[str],
     known_resources: Collection[str],
     ready_nodes: Collection[str],
-    taken_over: Callable[[str, str], bool],
+    taken_over: Callable[[str, str, bool], bool],
+    partial: Collection[str] = (),
 ) -> StorePlan:
     """Plan the shared store as a whole. ``desired`` is the instance each running resource wants, by
     resource UID; ``held`` are resources whose instances stay as they are (their new spec is being
-    checked or was rejected); ``taken_over(node, instance_id)`` says whether an instance has settled on
-    a node (proven running, failed, or the node cannot be asked), so that the one it replaces can go.
+    checked or was rejected); ``taken_over(node, instance_id, same_spec)`` says whether an instance
+    has settled on a node, so that the one it replaces can go: proven running, or the node cannot be
+    asked, and also failed when the replaced one has the same spec (only the node set changed);
+    ``partial`` are resources in a rolling update whose new spec covers only some of their nodes yet.
 
     Rules for each stored instance tagged as ours: the desired one is kept; another one of a resource
     that wants an instance is an old one (spec or node set changed): removed once the new one has
     taken over on every ready node both run on, so no node is left without the gadget and none runs
-    it twice for longer than that; one of a held resource stays; one of a known resource that wants
+    it twice for longer than that, except that one of an older spec stays while a rolling update
+    has not reached every node; one of a held resource stays; one of a known resource that wants
     nothing (suspended, being deleted, invalid) is removed; one of an unknown resource is an orphan,
     removed once the API server confirms its resource is gone."""
     stored_ids: set[str] = set()
@@ -207,8 +211,12 @@ def plan_store(
         if uid in held:
             continue
         if wanted is not None:
+            same_spec = owner.spec_hash == wanted.owner.spec_hash
+            if uid in partial and not same_spec:
+                waiting.append(instance.id)
+                continue
             shared = runs_on(instance, owner, ready_nodes) & runs_on(wanted.instance, wanted.owner, ready_nodes)
-            if all(taken_over(node, wanted.instance.id) for node in shared):
+            if all(taken_over(node, wanted.instance.id, same_spec) for node in shared):
                 removals.append(Removal(instance.id, owner, "replaced (spec or nodes changed)"))
             else:
                 waiting.append(instance.id)

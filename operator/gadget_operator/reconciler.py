@@ -13,8 +13,10 @@ dirty; the ``StatusWriter`` folds them into the status and writes it when it cha
 
 Deletion: a GadgetInstance carries the ``gadget-operator.io/cleanup`` finalizer from first sight. Once
 it is being deleted it wants nothing on any node; every ready node is woken and the finalizer goes
-when each of them has been listed clean. A node that disappears no longer blocks it; an unreachable
-one does, is retried with backoff and is reported in the status.
+when each of them has been listed clean. With per-node stores a node whose daemon is out of reach
+blocks it too while the node may still hold an instance (``_may_hold``: its daemon pod is restarting,
+or it held one when last seen), and is reported in the status; an unreachable daemon is retried with
+backoff. A node that no longer exists never blocks it.
 
 Nothing is stored outside the API server and the daemons: a restarted operator rebuilds all of this.
 """
@@ -23,16 +25,28 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import random
-from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass, field, replace
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 
-from gadget_operator import errors, executor, identity, inventory, kube, metrics, planner, readiness, status, validation
+from gadget_operator import (
+    errors,
+    executor,
+    identity,
+    inventory,
+    kube,
+    metrics,
+    planner,
+    readiness,
+    rollout,
+    status,
+    validation,
+)
 from gadget_operator.daemon import model
 from gadget_operator.daemon.client import DaemonClient, DaemonPool
 from gadget_operator.discovery import Topology
+from gadget_operator.node_worker import NodeWorker
 from gadget_operator.resource import FINALIZER, GadgetInstanceResource, GadgetInstanceSpec
 from gadget_operator.settings import DaemonStore, Settings
 from gadget_operator.shared_store import STORE, SharedPlacement
@@ -44,68 +58,14 @@ logger = logging.getLogger(__name__)
 Clock = Callable[[], datetime]
 WARNING_PHASES = frozenset({"Degraded", "Failed"})
 CHECKING = "checking the gadget image and parameters with a dry run on a daemon"
+WAITING_FOR_TURN = "runs the previous spec{old} until its turn in the rolling update"
 REMOVING = "removing the instance"
+WAITING_FOR_DAEMON = "waiting for the gadget daemon on this node to come back to remove the instance"
 _BLOCKED = (NodeState.FAILED, NodeState.UNREACHABLE)
 
 
 def utcnow() -> datetime:
     return datetime.now(UTC).replace(microsecond=0)
-
-
-@dataclass(slots=True)
-class NodeWorker:
-    """One node's loop: a pass when woken, a drift check every resync interval, backoff on failure."""
-
-    node: str
-    run_pass: Callable[[NodeWorker], Awaitable[None]]
-    resync_interval: float
-    backoff_initial: float
-    backoff_max: float
-    actual: dict[str, model.GadgetInstance] | None = None
-    """The daemon's instances by ID as of the last list and our own calls; None forces a list."""
-    failures: int = 0
-    verify_scheduled: bool = False
-    """A relist is already due (to read back the state of instances not proven yet)."""
-    recheck_delay: float = 0.0
-    """Wait before that relist: short at first (a gadget usually starts within a second), doubling
-    while instances stay unproven."""
-    proven: set[str] = field(default_factory=set)
-    """Instance IDs proven initialized on this node (``readiness``); cleared when the daemon may have
-    restarted (unreachable) or stops reporting them."""
-    wake_event: asyncio.Event = field(default_factory=asyncio.Event)
-    task: asyncio.Task[None] | None = None
-
-    def wake(self, *, relist: bool = False) -> None:
-        if relist:
-            self.actual = None
-        self.wake_event.set()
-
-    def next_delay(self) -> float:
-        if self.failures:
-            return min(self.backoff_initial * 2.0 ** (self.failures - 1), self.backoff_max)
-        return float(self.resync_interval * random.uniform(0.9, 1.1))
-
-    async def run(self) -> None:
-        self.wake_event.set()
-        while True:
-            try:
-                async with asyncio.timeout(self.next_delay()):
-                    await self.wake_event.wait()
-            except TimeoutError:
-                self.actual = None  # periodic drift check: trust only a fresh list
-            self.wake_event.clear()
-            if self.failures:
-                self.proven.clear()  # an unreachable daemon may have restarted: prove everything again
-            try:
-                with metrics.NODE_PASS_SECONDS.time():
-                    await self.run_pass(self)
-            except asyncio.CancelledError:
-                raise
-            except Exception:  # a bug in one pass must not stop the node for good
-                metrics.NODE_PASSES.labels(result="error").inc()
-                logger.exception("node %s: pass failed", self.node)
-                self.failures += 1
-                self.actual = None
 
 
 class Reconciler:
@@ -130,6 +90,9 @@ class Reconciler:
         """Per resource UID, per node: how its instance stands."""
         self.cleanup: dict[str, set[str]] = {}
         """Per resource UID being deleted: the nodes not yet confirmed clean."""
+        self._held_when_lost: dict[str, dict[str, str]] = {}
+        """Per-node stores: per node whose daemon went out of reach while its Node exists, the resources
+        (by UID, their instance's ID) it held when last seen; a deletion waits for that daemon."""
         self.workers: dict[str, NodeWorker] = {}
         self.limits = executor.Limits(settings.executor.max_concurrency, settings.executor.node_concurrency)
         self.writer = StatusWriter(render=self.render_status, write=self._write_status, settings=settings.status)
@@ -139,7 +102,7 @@ class Reconciler:
         self._desired: dict[str, dict[str, planner.DesiredInstance]] = {}
         self._topology_version = 0
         self._matching_cache: dict[str, tuple[tuple[int, str], list[str]]] = {}
-        self._shared_cache: dict[str, tuple[tuple[int, str], planner.DesiredInstance]] = {}
+        self._shared_cache: dict[str, tuple[tuple[int, str, int], planner.DesiredInstance]] = {}
         self._unreachable: set[str] = set()
         self._finalizer_errors: dict[str, tuple[int, str]] = {}
         self._finalizer_retries: set[str] = set()
@@ -150,6 +113,7 @@ class Reconciler:
         """Dry-run results per (image, params): no instance of a spec is created before it passed."""
         self._checking: set[str] = set()
         self._check_failures: dict[str, int] = {}
+        self.rollouts = rollout.Rollouts()
         self.shared = SharedPlacement(self) if settings.discovery.daemon_store is DaemonStore.SHARED else None
         topology.on_change = self.on_topology_change
 
@@ -219,9 +183,13 @@ class Reconciler:
                 self.writer.mark(uid)
                 self.shared.wake()
                 return
-            self.cleanup[uid] = self._served_nodes()
+            # Every daemon that may hold one of its instances, also one that cannot be reached now
+            # (its pod restarting): that daemon starts again what its store keeps.
+            self.cleanup[uid] = self._served_nodes() | self._out_of_reach_holders(uid)
             self.writer.mark(uid)
             self.wake_nodes(self.cleanup[uid])
+            for node in self.cleanup[uid] - self.workers.keys():
+                self._wait_for_daemon(uid, node)
             if not self.cleanup[uid]:
                 await self._finish_cleanup(uid)
             return
@@ -248,6 +216,7 @@ class Reconciler:
         served = self._served_nodes()
         for node in nodes:
             if node in served and self.shared is None:
+                self._held_when_lost.pop(node, None)  # reachable again: its listing tells the truth
                 for pending in self.cleanup.values():
                     pending.add(node)  # a node that (re)appears mid-deletion must be cleaned too
             worker = self.workers.get(node)
@@ -257,6 +226,8 @@ class Reconciler:
                 worker.wake(relist=True)
             elif node not in served and worker is not None:
                 self._stop_worker(node)
+            elif node not in served and self.shared is None:
+                self._recheck_out_of_reach(node)
         self._spawn(self._drop_unused_clients())
         for gi in self.resources.values():
             self._check_spec(gi)  # a check that waited for a reachable daemon
@@ -299,11 +270,19 @@ class Reconciler:
         self.limits.forget(node)
         self._unreachable.discard(node)
         metrics.UNREACHABLE_NODES.set(len(self._unreachable))
+        reported: dict[str, str] = {}
         for uid, per_node in self.outcomes.items():
-            if per_node.pop(node, None) is not None:
+            if (outcome := per_node.pop(node, None)) is not None:
+                reported[uid] = outcome.instance_id
                 self.writer.mark(uid)
+        if self.shared is None and node in self.topology.labels:
+            # What its daemon held when last seen (listed, else as last reported): a deletion waits for it.
+            self._held_when_lost[node] = _holding(node, worker.actual) if worker.actual is not None else reported
         for uid in list(self.cleanup):
-            self._node_clean(uid, node)
+            if node in self.cleanup[uid] and self._may_hold(uid, node):
+                self._wait_for_daemon(uid, node)
+            else:
+                self._node_clean(uid, node)
 
     def wake_nodes(self, nodes: set[str], *, relist: bool = False) -> None:
         for node in nodes:
@@ -365,18 +344,22 @@ class Reconciler:
                 self._give_up_if_gone(node)
                 return
             worker.actual = {instance.id: instance for instance in listed}
+        # This pass's view: a relist asked for meanwhile (``wake(relist=True)`` resets ``worker.actual``)
+        # is for the next pass, not a reason to lose what this one knows.
+        actual = worker.actual
+        to_plan, waiting = self._hold_back_for_rollouts(node, desired, actual)
         plan = planner.plan_node(
             node,
-            desired,
-            worker.actual.values(),
+            to_plan,
+            actual.values(),
             known_resources=self.resources.keys(),
             known_nodes=self.topology.labels.keys(),
-            held=self.held_resources(),
+            held=self.held_resources() | waiting.keys(),
         )
         result = await executor.execute(
             plan,
             client,
-            worker.actual,
+            actual,
             limits=self.limits,
             owner_gone=self.owner_gone,
             node_gone=self._node_gone,
@@ -385,7 +368,7 @@ class Reconciler:
         metrics.INSTANCES_CREATED.inc(result.created)
         metrics.INSTANCES_REMOVED.inc(result.removed)
         metrics.NODE_PASSES.labels(result="ok" if result.unreachable is None else "unreachable").inc()
-        holding = _holding(node, worker.actual)
+        holding = _holding(node, actual)
         if result.unreachable is not None:
             worker.failures += 1
             worker.actual = None
@@ -393,11 +376,15 @@ class Reconciler:
             self._give_up_if_gone(node)
         else:
             worker.failures = 0
-            await self._judge(worker, client, desired, worker.actual, result.outcomes)
-            self._protect(worker, plan, result.outcomes)
+            await self._judge(worker, client, to_plan, actual, result.outcomes)
+            self._protect(worker, actual, plan, result.outcomes)
+            for uid, old_id in waiting.items():
+                message = WAITING_FOR_TURN.format(old=f" (instance {old_id})")
+                result.outcomes[uid] = executor.InstanceOutcome(NodeState.PENDING, "", message)
         self._record(node, desired, result.outcomes, holding, result.removal_errors)
+        self._nudge_rollouts(d.owner.resource_uid for d in desired)
         if result.unreachable is None:
-            await self._check_cleanup(node, worker.actual or {})
+            await self._check_cleanup(node, actual)
         else:
             for uid, pending in self.cleanup.items():
                 if node in pending:
@@ -418,9 +405,18 @@ class Reconciler:
         worker.failures = 0
         metrics.NODE_PASSES.labels(result="ok").inc()
         stored = self.shared.inventory.instances
+        here = {i.id: i for i in self.shared.inventory.runs_on(node)}
         outcomes: dict[str, executor.InstanceOutcome] = {}
+        to_judge: list[planner.DesiredInstance] = []
         for wanted in desired:
             instance_id = wanted.instance.id
+            plan = self.rollouts.get(wanted.owner.resource_uid)
+            if plan is not None and plan.nodes is not None and node not in plan.nodes:
+                outcomes[wanted.owner.resource_uid] = executor.InstanceOutcome(
+                    NodeState.PENDING, "", WAITING_FOR_TURN.format(old="")
+                )
+                continue
+            to_judge.append(wanted)
             if instance_id not in stored:
                 outcomes[wanted.owner.resource_uid] = executor.InstanceOutcome(
                     NodeState.PENDING, instance_id, "not yet written to the store"
@@ -431,8 +427,16 @@ class Reconciler:
                 outcomes[wanted.owner.resource_uid] = executor.InstanceOutcome(
                     NodeState.PENDING, instance_id, readiness.NOT_STARTED
                 )
-        await self._judge(worker, client, desired, reported, outcomes)
-        self._record(node, desired, outcomes, _holding(node, {i.id: i for i in self.shared.inventory.runs_on(node)}))
+        await self._judge(worker, client, to_judge, reported, outcomes)
+        for wanted in to_judge:
+            uid = wanted.owner.resource_uid
+            outcome = outcomes.get(uid)
+            previous = _previous_spec(here.values(), wanted)
+            if outcome is not None and outcome.state is NodeState.FAILED and previous is not None:
+                message = f"{outcome.message} (the previous spec's instance {previous} keeps running)"
+                outcomes[uid] = executor.InstanceOutcome(NodeState.FAILED, outcome.instance_id, message)
+        self._record(node, desired, outcomes, _holding(node, here))
+        self._nudge_rollouts(d.owner.resource_uid for d in desired)
 
     async def _judge(
         self,
@@ -481,11 +485,14 @@ class Reconciler:
             worker.recheck_delay = 0.0
 
     def _protect(
-        self, worker: NodeWorker, plan: planner.NodePlan, outcomes: dict[str, executor.InstanceOutcome]
+        self,
+        worker: NodeWorker,
+        actual: Mapping[str, model.GadgetInstance],
+        plan: planner.NodePlan,
+        outcomes: dict[str, executor.InstanceOutcome],
     ) -> None:
         """Spec changes on this node: an old instance goes once its replacement is proven (another pass,
         at once); while the replacement fails, the old one keeps running and the node says so."""
-        actual = worker.actual or {}
         for removal in plan.removals:
             replacement = removal.after_proven
             if replacement is None or removal.instance_id not in actual:
@@ -498,6 +505,96 @@ class Reconciler:
             if outcome is not None and outcome.instance_id == replacement and outcome.state is NodeState.FAILED:
                 message = f"{outcome.message} (the previous spec's instance {removal.instance_id} keeps running)"
                 outcomes[uid] = executor.InstanceOutcome(NodeState.FAILED, replacement, message)
+
+    # -- rolling updates ---------------------------------------------------------------------------
+
+    def _rollout(self, gi: GadgetInstanceResource) -> rollout.Rollout | None:
+        spec = gi.spec
+        if spec is None:
+            return None
+        return self.rollouts.of(gi.uid, spec.digest, rolling=spec.update_strategy.rolling)
+
+    def _rollout_inputs(self, gi: GadgetInstanceResource, plan: rollout.Rollout) -> tuple[int, set[str], set[str]]:
+        """(batch size, target nodes, updating nodes whose new instance failed) of ``gi``'s rollout."""
+        assert gi.spec is not None
+        targets = set(self._rollout_targets(gi, gi.spec))
+        outcomes = self.outcomes.get(gi.uid, {})
+        failed = {
+            node
+            for node in plan.updating(targets)
+            if (o := outcomes.get(node)) is not None and o.state is NodeState.FAILED
+        }
+        return gi.spec.update_strategy.batch_size(len(targets)), targets, failed
+
+    def _rollout_targets(self, gi: GadgetInstanceResource, spec: GadgetInstanceSpec) -> list[str]:
+        if self.shared is None:
+            return self._matching_nodes(gi, spec)
+        return [node for node, labels in self.topology.labels.items() if spec.targets(node, labels)]
+
+    def _hold_back_for_rollouts(
+        self, node: str, desired: list[planner.DesiredInstance], actual: Mapping[str, model.GadgetInstance]
+    ) -> tuple[list[planner.DesiredInstance], dict[str, str]]:
+        """Per-node store: the desired instances this node may start now, and the rolling resources
+        whose new spec must wait here (by UID, the older instance that keeps running meanwhile)."""
+        older: dict[str, list[str]] = {}
+        for instance in actual.values():
+            owner = identity.parse_ownership(instance.tags)
+            if owner is not None and owner.node == node:
+                older.setdefault(owner.resource_uid, []).append(instance.id)
+        to_plan: list[planner.DesiredInstance] = []
+        waiting: dict[str, str] = {}
+        for wanted in desired:
+            uid, instance_id = wanted.owner.resource_uid, wanted.instance.id
+            gi = self.resources.get(uid)
+            plan = self._rollout(gi) if gi is not None else None
+            previous = [i for i in older.get(uid, ()) if i != instance_id]
+            if gi is None or plan is None or not previous:
+                to_plan.append(wanted)  # not rolling, or nothing runs here to protect
+            elif instance_id in actual:
+                plan.readmit(node)
+                to_plan.append(wanted)
+            elif self._rollout_seen_everywhere(gi) and plan.admit(node, **self._admission(gi, plan)):
+                to_plan.append(wanted)
+            else:
+                plan.waiting.add(node)
+                waiting[uid] = previous[0]
+        return to_plan, waiting
+
+    def _admission(self, gi: GadgetInstanceResource, plan: rollout.Rollout) -> dict[str, Any]:
+        batch, targets, failed = self._rollout_inputs(gi, plan)
+        return {"batch": batch, "targets": targets, "failed": failed}
+
+    def _rollout_seen_everywhere(self, gi: GadgetInstanceResource) -> bool:
+        """Per-node store: every target node has reported on the resource since this process started,
+        so the nodes already running the new spec are known and the batch cannot be exceeded."""
+        assert gi.spec is not None
+        outcomes = self.outcomes.get(gi.uid, {})
+        return all(node in outcomes for node in self._matching_nodes(gi, gi.spec))
+
+    def _nudge_rollouts(self, uids: Iterable[str]) -> None:
+        """Wake the nodes waiting for their turn in a rollout that can take more nodes now."""
+        for uid in set(uids):
+            plan = self.rollouts.get(uid)
+            gi = self.resources.get(uid)
+            if plan is None or not plan.waiting or gi is None or gi.spec is None:
+                continue
+            batch, targets, failed = self._rollout_inputs(gi, plan)
+            if failed or len(plan.updating(targets)) >= batch:
+                continue
+            if self.shared is not None:
+                self.shared.wake()
+            elif self._rollout_seen_everywhere(gi):
+                self.wake_nodes(plan.waiting)
+
+    def _note_updated(self, uid: str, node: str, outcome: NodeOutcome) -> None:
+        """A node proven running the current spec leaves its rollout's batch for good."""
+        plan = self.rollouts.get(uid)
+        gi = self.resources.get(uid)
+        if plan is None or gi is None or gi.spec is None or outcome.state is not NodeState.RUNNING:
+            return
+        if node not in plan.updated and outcome.instance_id == self.expected_instance_id(gi, gi.spec, node):
+            plan.updated.add(node)
+            self._nudge_rollouts((uid,))
 
     def _recheck(self, worker: NodeWorker) -> None:
         """Look at the node again soon: a gadget still starting, or an error IG reports only after
@@ -598,6 +695,7 @@ class Reconciler:
         since = previous.since if previous is not None and previous.state == outcome.state else self.clock()
         per_node[node] = NodeOutcome(node, outcome.state, outcome.instance_id, outcome.message, since)
         self.writer.mark(uid)
+        self._note_updated(uid, node, outcome)
         if self.shared is not None and self.shared.waiting:
             self.shared.wake()  # an old instance may go once its replacement has taken over here
 
@@ -664,9 +762,18 @@ class Reconciler:
                     current[node] = NodeOutcome(node, NodeState.FAILED, message="no such node in the cluster")
                 else:
                     current[node] = NodeOutcome(node, NodeState.PENDING, message="no gadget daemon found on this node")
-            return status.compute_status(observed(), desired_nodes=desired_nodes, outcomes=current)
+            return status.compute_status(
+                observed(), desired_nodes=desired_nodes, outcomes=current, rollout=self._rollout_progress(gi)
+            )
 
         return Rendered(running_status, gi.status, settled=settled)
+
+    def _rollout_progress(self, gi: GadgetInstanceResource) -> rollout.Progress | None:
+        plan = self.rollouts.get(gi.uid)
+        if plan is None or gi.spec is None or plan.digest != gi.spec.digest:
+            return None
+        batch, targets, failed = self._rollout_inputs(gi, plan)
+        return plan.progress(batch=batch, targets=targets, failed=failed)
 
     async def _write_status(self, uid: str, new: dict[str, Any]) -> None:
         gi = self.resources.get(uid)
@@ -698,6 +805,34 @@ class Reconciler:
             logger.debug("%s: posting the %s event failed: %s", gi.key, phase, error)
 
     # -- deletion ----------------------------------------------------------------------------------
+
+    def _may_hold(self, uid: str, node: str) -> bool:
+        """Per-node stores: whether ``node``, whose daemon cannot be reached now, may still hold an
+        instance of ``uid``: its Node exists, and its daemon was seen holding one or has a pod that is
+        not usable yet (restarting, rolling out), which starts again what its store keeps. A node that
+        no longer exists never holds a deletion up."""
+        if node not in self.topology.labels:
+            return False
+        return self.topology.has_daemon(node) or uid in self._held_when_lost.get(node, {})
+
+    def _out_of_reach_holders(self, uid: str) -> set[str]:
+        """The nodes without a reachable daemon that ``_may_hold`` an instance of ``uid``."""
+        candidates = self.topology.daemon_nodes() | self._held_when_lost.keys()
+        return {node for node in candidates if node not in self.workers and self._may_hold(uid, node)}
+
+    def _wait_for_daemon(self, uid: str, node: str) -> None:
+        """Say in ``uid``'s status why its deletion waits for ``node``."""
+        instance_id = self._held_when_lost.get(node, {}).get(uid, "")
+        self._set_outcome(uid, node, NodeOutcome(node, NodeState.UNREACHABLE, instance_id, WAITING_FOR_DAEMON))
+
+    def _recheck_out_of_reach(self, node: str) -> None:
+        """A node without a reachable daemon changed (its Node or its daemon pod went, or a pod came that
+        is not usable yet): the deletions waiting for it stop waiting once it cannot hold anything."""
+        if node not in self.topology.labels:
+            self._held_when_lost.pop(node, None)
+        for uid in list(self.cleanup):
+            if node in self.cleanup[uid] and not self._may_hold(uid, node):
+                self._node_clean(uid, node)
 
     async def _check_cleanup(self, node: str, actual: dict[str, model.GadgetInstance]) -> None:
         holding: set[str] = set()
@@ -754,6 +889,7 @@ class Reconciler:
         for desired in self._desired.values():
             desired.pop(uid, None)
         self._matching_cache.pop(uid, None)
+        self.rollouts.forget(uid)
         gi = self.resources.pop(uid, None)
         self.outcomes.pop(uid, None)
         self.cleanup.pop(uid, None)
@@ -869,13 +1005,15 @@ class Reconciler:
         gi = self.resources.get(uid)
         if gi is None or not gi.active or gi.spec is None or not self._accepted(gi.spec):
             return None
-        key = (self._topology_version, gi.resource_version)
+        plan = self.rollouts.get(uid)
+        step = plan.nodes if plan is not None and plan.digest == gi.spec.digest else None
+        key = (self._topology_version, gi.resource_version, plan.version if plan is not None else 0)
         cached = self._shared_cache.get(uid)
         if cached is not None and cached[0] == key:
             return cached[1]
         spec = gi.spec
-        nodes: frozenset[str] | None = None
-        if not spec.targets_every_node:
+        nodes: frozenset[str] | None = step
+        if step is None and not spec.targets_every_node:
             # Every Node the spec selects, with a daemon or not: a daemon pod coming or going then
             # changes nothing, and IG starts the instance on that node when its daemon is up.
             nodes = frozenset(node for node, labels in self.topology.labels.items() if spec.targets(node, labels))
@@ -899,19 +1037,54 @@ class Reconciler:
             if gi.active and gi.spec is not None and not self._accepted(gi.spec)
         }
 
-    def taken_over(self, node: str, instance_id: str) -> bool:
-        """Whether ``instance_id`` has settled on ``node`` (running, failed, or the node cannot be asked),
-        so that the instance it replaces may go."""
+    def taken_over(self, node: str, instance_id: str, failed_counts: bool) -> bool:
+        """Whether ``instance_id`` has settled on ``node`` (proven running, the node cannot be asked, or,
+        if ``failed_counts``, failed), so that the instance it replaces may go. A new spec that fails
+        does not count: the old one keeps running."""
         worker = self.workers.get(node)
         if worker is None or worker.failures:
             return True
         if instance_id in worker.proven:
             return True
+        settled = (NodeState.FAILED, NodeState.UNREACHABLE) if failed_counts else (NodeState.UNREACHABLE,)
         return any(
-            o.instance_id == instance_id and o.state in (NodeState.FAILED, NodeState.UNREACHABLE)
+            o.instance_id == instance_id and o.state in settled
             for per_node in self.outcomes.values()
             if (o := per_node.get(node)) is not None
         )
+
+    def advance_shared_rollouts(self, stored: Iterable[model.GadgetInstance]) -> set[str]:
+        """Shared store: admit the next nodes of every rolling update. While a rollout has not reached
+        every node that runs an older spec, the new spec's one instance covers the nodes that ran
+        nothing of it plus the admitted ones; returns the resources in that state."""
+        nodes_by_spec: dict[tuple[str, str], set[str]] = {}
+        cluster = self.topology.labels.keys()
+        for instance in stored:
+            owner = identity.parse_ownership(instance.tags)
+            if owner is not None:
+                key = (owner.resource_uid, owner.spec_hash)
+                nodes_by_spec.setdefault(key, set()).update(planner.runs_on(instance, owner, cluster))
+        partial: set[str] = set()
+        for uid, gi in self.resources.items():
+            spec = gi.spec
+            plan = self._rollout(gi) if gi.active and spec is not None and self._accepted(spec) else None
+            if plan is None or spec is None:
+                continue
+            targets = set(self._rollout_targets(gi, spec))
+            older = set().union(*(n for (owner, h), n in nodes_by_spec.items() if owner == uid and h != spec.digest))
+            older &= targets
+            for node in nodes_by_spec.get((uid, spec.digest), set()) & older:
+                plan.readmit(node)
+            for node in sorted(older - plan.admitted):
+                plan.admit(node, **self._admission(gi, plan))
+            step = None if older <= plan.admitted else frozenset((targets - older) | plan.admitted)
+            if step != plan.nodes:
+                plan.nodes = step
+                plan.version += 1
+                self._update_desired(gi)
+            if step is not None:
+                partial.add(uid)
+        return partial
 
     def record_store_failure(
         self, uid: str, instance_id: str, nodes: set[str], error: errors.DaemonError, *, removing: bool = False
@@ -1002,6 +1175,19 @@ def _holding(node: str, instances: Mapping[str, model.GadgetInstance]) -> dict[s
         if owner is not None and owner.node in (node, identity.SHARED_NODE):
             holding[owner.resource_uid] = instance.id
     return holding
+
+
+def _previous_spec(instances: Iterable[model.GadgetInstance], wanted: planner.DesiredInstance) -> str | None:
+    """The ID of an instance of an older spec of ``wanted``'s resource among ``instances``, if any."""
+    for instance in instances:
+        owner = identity.parse_ownership(instance.tags)
+        if (
+            owner is not None
+            and owner.resource_uid == wanted.owner.resource_uid
+            and owner.spec_hash != wanted.owner.spec_hash
+        ):
+            return instance.id
+    return None
 
 
 def _older(candidate: str, current: str) -> bool:

@@ -69,6 +69,37 @@ class LabelSelector:
         )
 
 
+class UpdateStrategyType(enum.StrEnum):
+    ALL_AT_ONCE = "AllAtOnce"
+    ROLLING_UPDATE = "RollingUpdate"
+
+
+_PERCENT = re.compile(r"^(100|[1-9][0-9]?)%$")
+DEFAULT_MAX_SURGE = "25%"
+
+
+@dataclass(frozen=True, slots=True)
+class UpdateStrategy:
+    """How a spec change reaches the nodes that run an older spec. Either way a node keeps its old
+    instance until the new one is proven there; ``RollingUpdate`` also limits how many nodes start
+    the new spec at once (``max_surge``, a count or a percentage of the target nodes, rounded up) and
+    stops there while one of them fails, so a broken spec reaches only the first batch."""
+
+    type: UpdateStrategyType = UpdateStrategyType.ALL_AT_ONCE
+    max_surge: int | str = DEFAULT_MAX_SURGE
+
+    @property
+    def rolling(self) -> bool:
+        return self.type is UpdateStrategyType.ROLLING_UPDATE
+
+    def batch_size(self, target_nodes: int) -> int:
+        """Nodes that may start the new spec at once (at least one)."""
+        if isinstance(self.max_surge, int):
+            return max(1, self.max_surge)
+        percent = int(self.max_surge.removesuffix("%"))
+        return max(1, -(-target_nodes * percent // 100))
+
+
 @dataclass(frozen=True, slots=True)
 class GadgetInstanceSpec:
     image: str
@@ -80,6 +111,7 @@ class GadgetInstanceSpec:
     log_level: int = 0
     event_buffer_length: int = 0
     suspend: bool = False
+    update_strategy: UpdateStrategy = field(default_factory=UpdateStrategy)
     digest: str = field(init=False, compare=False, repr=False)
     """Hash of ``daemon_payload``, computed once: it names every instance of this spec."""
     check_digest: str = field(init=False, compare=False, repr=False)
@@ -149,7 +181,38 @@ def parse_spec(raw: Any) -> GadgetInstanceSpec:
         log_level=_int(raw.get("logLevel"), "spec.logLevel", 0, MAX_LOG_LEVEL),
         event_buffer_length=_int(raw.get("eventBufferLength"), "spec.eventBufferLength", 0, 2**31 - 1),
         suspend=_bool(raw.get("suspend"), "spec.suspend"),
+        update_strategy=_update_strategy(raw.get("updateStrategy"), "spec.updateStrategy"),
     )
+
+
+def _update_strategy(raw: Any, path: str) -> UpdateStrategy:
+    if raw is None:
+        return UpdateStrategy()
+    if not isinstance(raw, Mapping):
+        raise SpecError(path, "must be an object (type, rollingUpdate)")
+    unknown = set(raw) - {"type", "rollingUpdate"}
+    if unknown:
+        raise SpecError(path, f"unknown field(s) {sorted(unknown)}; use type or rollingUpdate")
+    try:
+        kind = UpdateStrategyType(raw.get("type", UpdateStrategyType.ALL_AT_ONCE))
+    except ValueError:
+        raise SpecError(f"{path}.type", f"must be AllAtOnce or RollingUpdate, got {raw.get('type')!r}") from None
+    rolling = raw.get("rollingUpdate")
+    if rolling is None:
+        return UpdateStrategy(kind)
+    if kind is not UpdateStrategyType.ROLLING_UPDATE:
+        raise SpecError(f"{path}.rollingUpdate", "is only allowed with type RollingUpdate")
+    if not isinstance(rolling, Mapping) or set(rolling) - {"maxSurge"}:
+        raise SpecError(f"{path}.rollingUpdate", "must be an object with maxSurge only")
+    surge = rolling.get("maxSurge", DEFAULT_MAX_SURGE)
+    surge_path = f"{path}.rollingUpdate.maxSurge"
+    if isinstance(surge, bool) or not isinstance(surge, int | str):
+        raise SpecError(surge_path, f"must be a count of nodes or a percentage such as '25%', got {surge!r}")
+    if isinstance(surge, int) and not 1 <= surge <= MAX_NODES:
+        raise SpecError(surge_path, f"must be between 1 and {MAX_NODES} nodes, got {surge}")
+    if isinstance(surge, str) and not _PERCENT.fullmatch(surge):
+        raise SpecError(surge_path, f"must be a percentage from 1% to 100%, got {surge!r}")
+    return UpdateStrategy(kind, surge)
 
 
 def _string_map(raw: Any, path: str, limit: int) -> dict[str, str]:

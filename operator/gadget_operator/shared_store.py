@@ -32,7 +32,8 @@ from gadget_operator.daemon.client import DaemonClient
 from gadget_operator.inventory import StoreInventory
 
 if TYPE_CHECKING:
-    from gadget_operator.reconciler import NodeWorker, Reconciler
+    from gadget_operator.node_worker import NodeWorker
+    from gadget_operator.reconciler import Reconciler
 
 logger = logging.getLogger(__name__)
 
@@ -85,14 +86,17 @@ class SharedPlacement:
     async def sync_store(self) -> None:
         rec = self.rec
         ready = rec.topology.ready_nodes()
+        stored = list(self.inventory.instances.values())
+        partial = rec.advance_shared_rollouts(stored)
         desired = {uid: d for uid in rec.resources if (d := rec.shared_desired(uid)) is not None}
         plan = planner.plan_store(
             desired,
-            list(self.inventory.instances.values()),
+            stored,
             held=rec.held_resources(),
             known_resources=rec.resources.keys(),
             ready_nodes=ready.keys(),
             taken_over=rec.taken_over,
+            partial=partial,
         )
         self.waiting = bool(plan.waiting)
         failed: list[bool] = []

@@ -16,6 +16,7 @@ from datetime import datetime
 from typing import Any
 
 from gadget_operator.conditions import Condition, clip, format_time, merge_conditions
+from gadget_operator.rollout import Progress
 
 
 class NodeState(enum.StrEnum):
@@ -83,6 +84,7 @@ def compute_status(
     finalizer_error: str | None = None,
     suspended: bool = False,
     deleting: bool = False,
+    rollout: Progress | None = None,
 ) -> dict[str, Any]:
     """The full ``status`` for one resource; see the module docstring. Outcomes of nodes that are not
     desired (any more) are nodes that still hold one of the resource's instances: they are listed as
@@ -112,6 +114,8 @@ def compute_status(
         suspended=suspended,
         deleting=deleting,
     )
+    if rollout is not None:
+        message, conditions = _rolling(message, conditions, rollout)
     if lingering:
         message, conditions = _still_running(message, conditions, lingering)
     entries = sorted(shown + lingering, key=lambda o: (_LISTING_ORDER[o.state], o.node))
@@ -138,6 +142,8 @@ def compute_status(
     }
     if len(entries) > len(listed):
         status["nodesOmitted"] = len(entries) - len(listed)
+    if rollout is not None:
+        status["rollout"] = rollout.as_status()
     return status
 
 
@@ -209,6 +215,19 @@ def _judge(
             Condition("Degraded", failed > 0, "NodesFailed" if failed else "NoFailures", problems),
         ],
     )
+
+
+def _rolling(message: str, conditions: list[Condition], rollout: Progress) -> tuple[str, list[Condition]]:
+    """A rolling update in progress: said in the summary; Progressing while it advances, not once the
+    new spec's failures have halted it (then only a spec change moves it on)."""
+    progress = rollout.describe()
+    updated = []
+    for condition in conditions:
+        if condition.type == "Progressing":
+            reason = "RolloutHalted" if rollout.halted else "RollingUpdate"
+            condition = Condition("Progressing", not rollout.halted, reason, progress)
+        updated.append(condition)
+    return f"{message}; {progress}", updated
 
 
 def _still_running(

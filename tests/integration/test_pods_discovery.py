@@ -10,9 +10,11 @@ emulator only.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import shutil
 import tempfile
 import time
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +22,8 @@ import aiohttp
 import pytest
 
 from gadget_operator.daemon.client import DaemonPool
+from gadget_operator.reconciler import WAITING_FOR_DAEMON
+from gadget_operator.resource import FINALIZER
 from gadget_operator.simulator.configmap_store import ConfigMapStore
 from gadget_operator.simulator.server import Fleet
 from gadget_operator.testing.kube_emulator import KubeEmulator
@@ -78,6 +82,163 @@ async def test_a_replaced_daemon_pod_is_followed_and_repaired(pods_env: PodsEnv)
     body = await pods_env.cluster.wait_status("trace", lambda b: b["status"].get("ready") == "3/3")
     entry = next(e for e in body["status"]["nodes"] if e["node"] == "node-2")
     assert entry["state"] == "Running"
+
+
+# -- deletion while a daemon pod restarts ------------------------------------------------------------------
+
+
+@contextlib.asynccontextmanager
+async def daemon_pods_on(
+    store: str, cluster: tuple[Cluster, KubeEmulator | None], count: int, *extra: str
+) -> AsyncIterator[PodsEnv]:
+    """``daemon_pods`` on either of IG's stores: ``shared`` (IG's DaemonSet as deployed), or ``per-node``
+    (each daemon keeps its instances on its node's disk and starts them again when it restarts)."""
+    if store == "shared":
+        async with daemon_pods(cluster, count, *extra) as shared_env:
+            yield shared_env
+        return
+    test_cluster, emulator = cluster
+    assert emulator is not None
+    directory = Path(tempfile.mkdtemp(prefix="gp-"))
+    fleet = Fleet(directory, transport="tcp")
+    pool = DaemonPool(timeout=5.0)
+    operator = OperatorProcess(
+        None,
+        kube_server=test_cluster.server,
+        extra_args=["--discovery", "pods", "--daemon-store", "per-node", *extra],
+        log_dir=directory,
+    )
+    env = PodsEnv(test_cluster, emulator, Nodes(fleet, pool), operator)
+    try:
+        await fleet.start(count, prefix="node-")
+        for name in fleet.nodes:
+            await test_cluster.add_node(name)
+            env.put_daemon_pod(name)
+        await operator.start()
+        yield env
+    finally:
+        code = await env.operator.stop()
+        await pool.close()
+        await fleet.stop()
+        shutil.rmtree(directory, ignore_errors=True)
+        assert code in (0, None), env.operator.logs()[-20000:]
+
+
+async def restart_daemon_pod(env: PodsEnv, node: str) -> str:
+    """The DaemonSet replaces ``node``'s daemon pod (a rollout, an eviction): the old pod goes and the new
+    one is not Running yet. The node's daemon keeps what it runs; returns the new pod's name."""
+    env.emulator.delete("v1", "pods", f"gadget-{node}", "gadget")
+    replacement = env.put_daemon_pod(node, pod=f"gadget-{node}-x7k2p", ready=False)
+    await env.cluster.wait_status(
+        "trace", lambda b: b["status"].get("ready") == "2/2", what=f"{node} out of reach while its pod starts"
+    )
+    return replacement
+
+
+def waiting_for(node: str) -> Callable[[dict[str, Any]], bool]:
+    """Whether a resource's status says that its deletion waits for ``node``'s daemon."""
+
+    def check(body: dict[str, Any]) -> bool:
+        entries = {e["node"]: e for e in (body.get("status") or {}).get("nodes", [])}
+        return entries.get(node, {}).get("message") == WAITING_FOR_DAEMON
+
+    return check
+
+
+async def listed_again(env: PodsEnv, node: str, times: int) -> None:
+    """Wait until the operator has listed ``node``'s daemon ``times`` more times (a pass every second)."""
+    start = env.nodes[node].calls["ListGadgetInstances"]
+
+    async def listed() -> bool:
+        return env.nodes[node].calls["ListGadgetInstances"] >= start + times
+
+    await eventually(listed, what=f"{node} listed {times} more times")
+
+
+@pytest.mark.parametrize("store", ["per-node", "shared"])
+async def test_a_delete_during_a_daemon_pod_restart_waits_for_that_daemon_and_cleans_it(
+    cluster: tuple[Cluster, KubeEmulator | None], store: str
+) -> None:
+    async with daemon_pods_on(store, cluster, 3, "--resync-interval", "1") as env:
+        uid = (await env.cluster.apply("trace", TRACE_EXEC))["metadata"]["uid"]
+        await env.cluster.wait_phase("trace", "Running")
+        replacement = await restart_daemon_pod(env, "node-2")
+
+        await env.cluster.delete("trace")
+
+        if store == "shared":
+            # IG's one store is cleaned through the other daemons: nothing waits for node-2's.
+            await env.cluster.wait_gone("trace")
+        else:
+            body = await env.cluster.wait_status("trace", waiting_for("node-2"), what="node-2 named as waited for")
+            entries = {e["node"]: e for e in body["status"]["nodes"]}
+            assert entries["node-2"]["state"] == "Unreachable"
+            assert body["status"]["phase"] == "Terminating"
+            assert WAITING_FOR_DAEMON in body["status"]["message"]
+            await listed_again(env, "node-1", 2)  # the other nodes are done, and the deletion still waits
+            body = await env.cluster.get("trace")
+            assert body is not None
+            assert body["metadata"]["finalizers"] == [FINALIZER]
+            owned = await env.nodes.owned_by(uid)
+            assert set(owned) == {"node-2"}  # every other daemon is clean; node-2's still holds it
+
+        # The new pod's daemon starts (with what its store keeps) and the pod is Running.
+        await env.nodes["node-2"].restart()
+        env.put_daemon_pod("node-2", pod=replacement)
+
+        await env.cluster.wait_gone("trace")
+        await env.nodes.wait_owned(uid, lambda owned: not owned, what="no daemon runs the deleted resource")
+
+
+async def test_an_operator_started_while_a_daemon_pod_restarts_waits_for_that_daemon(
+    cluster: tuple[Cluster, KubeEmulator | None],
+) -> None:
+    async with daemon_pods_on("per-node", cluster, 3, "--resync-interval", "1") as env:
+        uid = (await env.cluster.apply("trace", TRACE_EXEC))["metadata"]["uid"]
+        await env.cluster.wait_phase("trace", "Running")
+        await env.operator.stop()
+        # While no operator runs: node-2's daemon pod is replaced, and the resource is deleted.
+        env.emulator.delete("v1", "pods", "gadget-node-2", "gadget")
+        replacement = env.put_daemon_pod("node-2", pod="gadget-node-2-x7k2p", ready=False)
+        await env.cluster.delete("trace")
+
+        previous = env.operator
+        env.operator = OperatorProcess(
+            None, kube_server=previous.kube_server, extra_args=previous.extra_args, log_dir=previous.log_path.parent
+        )
+        await env.operator.start()
+
+        # It never saw node-2 hold anything, but node-2 has a daemon pod: its daemon may hold an instance.
+        await env.cluster.wait_status("trace", waiting_for("node-2"), what="node-2 named as waited for")
+        await listed_again(env, "node-1", 2)
+        assert await env.cluster.get("trace") is not None
+        assert set(await env.nodes.owned_by(uid)) == {"node-2"}
+
+        await env.nodes["node-2"].restart()
+        env.put_daemon_pod("node-2", pod=replacement)
+        await env.cluster.wait_gone("trace")
+        await env.nodes.wait_owned(uid, lambda owned: not owned, what="no daemon runs the deleted resource")
+
+
+async def test_a_node_deleted_while_its_daemon_pod_restarts_stops_holding_up_a_deletion(
+    cluster: tuple[Cluster, KubeEmulator | None],
+) -> None:
+    async with daemon_pods_on("per-node", cluster, 3, "--resync-interval", "1") as env:
+        uid = (await env.cluster.apply("trace", TRACE_EXEC))["metadata"]["uid"]
+        await env.cluster.wait_phase("trace", "Running")
+        replacement = await restart_daemon_pod(env, "node-2")
+        await env.cluster.delete("trace")
+        await env.cluster.wait_status("trace", waiting_for("node-2"), what="node-2 named as waited for")
+
+        await env.cluster.remove_node("node-2")  # the escape hatch for a node that will never come back
+
+        await env.cluster.wait_gone("trace")
+        assert set(await env.nodes.owned_by(uid)) == {"node-2"}  # left behind on the node's daemon
+        # Should the node come back after all, what its daemon still runs of the deleted resource goes.
+        await env.cluster.add_node("node-2")
+        await env.nodes["node-2"].restart()
+        env.put_daemon_pod("node-2", pod=replacement)
+        await env.nodes.wait_owned(uid, lambda owned: not owned, what="node-2's leftover instance removed")
 
 
 async def test_pod_ip_transport_dials_the_pod_ip_and_daemon_port(

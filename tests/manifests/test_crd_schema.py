@@ -47,6 +47,7 @@ PARSER_FIELDS = {
     "logLevel": "log_level",
     "eventBufferLength": "event_buffer_length",
     "suspend": "suspend",
+    "updateStrategy": "update_strategy",
 }
 """Each spec field of the resource and the GadgetInstanceSpec attribute the parser puts it in."""
 
@@ -325,6 +326,17 @@ _valid_specs = st.fixed_dictionaries(
         "logLevel": st.integers(0, resource.MAX_LOG_LEVEL),
         "eventBufferLength": st.integers(0, 2**31 - 1),
         "suspend": st.booleans(),
+        "updateStrategy": st.one_of(
+            st.fixed_dictionaries({}, optional={"type": st.just("AllAtOnce")}),
+            st.fixed_dictionaries(
+                {"type": st.just("RollingUpdate")},
+                optional={
+                    "rollingUpdate": st.fixed_dictionaries(
+                        {}, optional={"maxSurge": st.integers(1, 1000) | st.integers(1, 100).map(lambda p: f"{p}%")}
+                    )
+                },
+            ),
+        ),
     },
 )
 
@@ -418,6 +430,24 @@ _EDGES: list[tuple[str, Any]] = [
     *(("logLevel", v) for v in [-1, 0, resource.MAX_LOG_LEVEL, resource.MAX_LOG_LEVEL + 1, True, "1", 1.5]),
     *(("eventBufferLength", v) for v in [0, 2**31 - 1, 2**31, -1, False, "10"]),
     *(("suspend", v) for v in ["true", 1, 0]),
+    *(
+        ("updateStrategy", v)
+        for v in [
+            {},
+            {"type": "AllAtOnce"},
+            {"type": "RollingUpdate"},
+            {"type": "Rolling"},
+            {"type": ""},
+            {"type": "AllAtOnce", "rollingUpdate": {"maxSurge": 1}},
+            {"rollingUpdate": {"maxSurge": 1}},
+            {"type": "RollingUpdate", "rollingUpdate": {}},
+            *(
+                {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": surge}}
+                for surge in [1, 1000, 1001, 0, -1, "1%", "100%", "101%", "0%", "25", "x%", "05%", 1.5, True]
+            ),
+            "RollingUpdate",
+        ]
+    ),
 ]
 
 

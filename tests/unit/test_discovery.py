@@ -8,7 +8,7 @@ import pytest
 
 from gadget_operator.daemon.address import parse_address
 from gadget_operator.daemon.portforward import PodPort
-from gadget_operator.discovery import Topology, pod_endpoint
+from gadget_operator.discovery import Topology, pod_endpoint, replace_daemon_pods
 from gadget_operator.settings import DaemonTransport, DiscoveryMode, DiscoverySettings
 
 POD_IP = DiscoverySettings(transport=DaemonTransport.POD_IP, daemon_port=8080)
@@ -127,9 +127,11 @@ def test_replacing_endpoints_reports_exactly_the_nodes_whose_endpoint_changed() 
     assert recorder.take() == []
 
 
-def test_pod_events_report_the_node_when_its_endpoint_appears_moves_or_goes() -> None:
+def test_pod_events_report_the_node_when_its_daemon_pod_or_endpoint_appears_moves_or_goes() -> None:
     topo, recorder = topology()
     topo.apply_pod("ADDED", pod("gadget-a", "n1", phase="Pending", ip=None))
+    assert recorder.take() == [{"n1"}]  # a daemon, not usable yet
+    topo.apply_pod("MODIFIED", pod("gadget-a", "n1", phase="Pending", ip=None))
     assert recorder.take() == []
     topo.apply_pod("MODIFIED", pod("gadget-a", "n1", ip="10.0.0.1"))
     assert recorder.take() == [{"n1"}]
@@ -138,8 +140,10 @@ def test_pod_events_report_the_node_when_its_endpoint_appears_moves_or_goes() ->
     topo.apply_pod("MODIFIED", pod("gadget-a", "n1", ip="10.0.0.1", deleting=True))
     assert recorder.take() == [{"n1"}]
     assert topo.endpoints == {}
+    assert topo.has_daemon("n1")  # the pod still exists while it terminates
     topo.apply_pod("DELETED", pod("gadget-a", "n1", ip="10.0.0.1", deleting=True))
-    assert recorder.take() == []
+    assert recorder.take() == [{"n1"}]
+    assert not topo.has_daemon("n1")
 
 
 def test_pods_not_scheduled_on_a_node_are_ignored() -> None:
@@ -171,6 +175,81 @@ def test_a_late_deleted_event_after_a_relist_is_ignored_too() -> None:
     assert recorder.take() == []
     assert topo.ready_nodes() == {}  # and still no Node object
     assert topo.endpoints == {"n1": "tcp://10.0.0.2:8080"}
+
+
+# -- daemon pods that are not usable yet ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "unusable",
+    [
+        pod("gadget-a", "n1", phase="Pending", ip=None),
+        pod("gadget-a", "n1", phase="Failed"),
+        pod("gadget-a", "n1", ip=None),
+        pod("gadget-a", "n1", deleting=True),
+    ],
+    ids=["pending", "not-running", "no-ip", "deleting"],
+)
+def test_a_daemon_pod_that_is_not_usable_yet_gives_its_node_a_daemon_but_no_endpoint(
+    unusable: dict[str, Any],
+) -> None:
+    topo, _ = topology()
+    topo.apply_node("ADDED", node("n1"))
+    topo.apply_pod("ADDED", unusable)
+    assert topo.has_daemon("n1")
+    assert topo.daemon_nodes() == {"n1"}
+    assert topo.endpoints == {}
+    assert topo.ready_nodes() == {}
+
+
+def test_a_node_keeps_its_daemon_while_its_pod_is_replaced() -> None:
+    topo, recorder = topology()
+    topo.apply_pod("ADDED", pod("gadget-old", "n1", ip="10.0.0.1"))
+    recorder.take()
+    # A DaemonSet rollout: the old pod terminates, the new one is created before the old one is gone.
+    topo.apply_pod("MODIFIED", pod("gadget-old", "n1", ip="10.0.0.1", deleting=True))
+    topo.apply_pod("ADDED", pod("gadget-new", "n1", phase="Pending", ip=None))
+    topo.apply_pod("DELETED", pod("gadget-old", "n1", ip="10.0.0.1", deleting=True))
+    assert recorder.take() == [{"n1"}]  # the endpoint went; the node never was without a daemon
+    assert topo.has_daemon("n1")
+    topo.apply_pod("MODIFIED", pod("gadget-new", "n1", ip="10.0.0.2"))
+    assert recorder.take() == [{"n1"}]
+    assert topo.endpoints == {"n1": "tcp://10.0.0.2:8080"}
+
+
+def test_a_relist_reports_the_nodes_whose_daemon_pod_appeared_or_went() -> None:
+    topo, recorder = topology()
+    replace_daemon_pods(topo, [pod("gadget-a", "n1", ip="10.0.0.1"), pod("gadget-b", "n2", phase="Pending", ip=None)])
+    assert recorder.take() == [{"n1", "n2"}]
+    assert topo.endpoints == {"n1": "tcp://10.0.0.1:8080"}
+    assert topo.daemon_nodes() == {"n1", "n2"}
+    # n1's pod restarts (not Running), n2's is gone, n3 gets a pod that is not usable yet.
+    replace_daemon_pods(
+        topo, [pod("gadget-a", "n1", phase="Pending", ip=None), pod("gadget-c", "n3", phase="Pending", ip=None)]
+    )
+    assert recorder.take() == [{"n1", "n2", "n3"}]
+    assert topo.endpoints == {}
+    assert topo.daemon_nodes() == {"n1", "n3"}
+    replace_daemon_pods(
+        topo, [pod("gadget-a", "n1", phase="Pending", ip=None), pod("gadget-c", "n3", phase="Pending", ip=None)]
+    )
+    assert recorder.take() == []
+
+
+def test_pods_without_a_node_give_no_node_a_daemon() -> None:
+    topo, recorder = topology()
+    replace_daemon_pods(topo, [pod("gadget-a", None, phase="Pending", ip=None)])
+    topo.apply_pod("ADDED", pod("gadget-b", None, phase="Pending", ip=None))
+    assert recorder.take() == []
+    assert topo.daemon_nodes() == set()
+
+
+def test_with_static_discovery_the_daemons_are_the_configured_endpoints() -> None:
+    settings = DiscoverySettings(mode=DiscoveryMode.STATIC, static_nodes={"n1": "unix:///run/ig.sock"})
+    topo, _ = topology(settings)
+    assert topo.has_daemon("n1")
+    assert not topo.has_daemon("n2")
+    assert topo.daemon_nodes() == {"n1"}
 
 
 # -- endpoints of daemon pods ----------------------------------------------------------------------------

@@ -27,14 +27,20 @@ def store_plan(
     taken_over: Collection[tuple[str, str]] = (),
     held: Collection[str] = (),
     known: Collection[str] | None = None,
+    failed: Collection[tuple[str, str]] = (),
+    partial: Collection[str] = (),
 ) -> planner.StorePlan:
+    """``taken_over``: (node, ID) proven running; ``failed``: (node, ID) that failed there."""
     return planner.plan_store(
         {d.owner.resource_uid: d for d in desired},
         stored,
         held=held,
         known_resources=known if known is not None else {d.owner.resource_uid for d in desired},
         ready_nodes=NODES,
-        taken_over=lambda node, instance_id: (node, instance_id) in taken_over,
+        taken_over=lambda node, instance_id, failed_counts: (
+            (node, instance_id) in taken_over or (failed_counts and (node, instance_id) in failed)
+        ),
+        partial=partial,
     )
 
 
@@ -76,6 +82,32 @@ def test_the_old_instance_stays_until_the_new_one_has_taken_over_on_every_node_b
     # n1 runs only the old one, n3 only the new one: n2, where both run, decides.
     done = store_plan([new], [old.instance, new.instance], taken_over={("n2", new.instance.id)})
     assert [r.instance_id for r in done.removals] == [old.instance.id]
+
+
+def test_a_new_spec_that_fails_keeps_the_old_instance_but_a_new_node_set_does_not() -> None:
+    old = planner.desired_shared_instance(gi("a", "uid-a"), None)
+    new_spec = planner.desired_shared_instance(gi("a", "uid-a", params={"x": "1"}), None)
+    everywhere = {(node, new_spec.instance.id) for node in NODES}
+    assert store_plan([new_spec], [old.instance, new_spec.instance], failed=everywhere).removals == ()
+
+    resource = gi("e", "uid-e", nodeSelector={"matchLabels": {"tier": "edge"}})
+    one = planner.desired_shared_instance(resource, frozenset({"n1"}))
+    two = planner.desired_shared_instance(resource, frozenset({"n1", "n2"}))
+    result = store_plan([two], [one.instance, two.instance], failed={("n1", two.instance.id)})
+    assert [r.instance_id for r in result.removals] == [one.instance.id]  # same spec: nothing to protect
+
+
+def test_a_partial_rollout_keeps_the_older_spec_but_replaces_its_own_previous_step() -> None:
+    old = planner.desired_shared_instance(gi("a", "uid-a"), None)
+    spec = gi("a", "uid-a", params={"x": "1"}, updateStrategy={"type": "RollingUpdate"})
+    step_one = planner.desired_shared_instance(spec, frozenset({"n1"}))
+    step_two = planner.desired_shared_instance(spec, frozenset({"n1", "n2"}))
+    proven = {(node, step_two.instance.id) for node in NODES}
+    result = store_plan(
+        [step_two], [old.instance, step_one.instance, step_two.instance], taken_over=proven, partial={"uid-a"}
+    )
+    assert [r.instance_id for r in result.removals] == [step_one.instance.id]
+    assert result.waiting == (old.instance.id,)
 
 
 def test_an_instance_of_a_resource_that_wants_none_is_removed_and_an_unknown_ones_is_verified() -> None:
