@@ -126,7 +126,8 @@ class KubeApi:
 
     async def _headers(self, content_type: str | None = None) -> dict[str, str]:
         headers = {"User-Agent": USER_AGENT, "Accept": "application/json"}
-        token = await self._configuration.get_api_key_with_prefix("authorization")
+        # The client keeps a kubeconfig or service-account token under "BearerToken" (with its prefix).
+        token = await self._configuration.get_api_key_with_prefix("BearerToken", alias="authorization")
         if token:
             headers["Authorization"] = token
         if content_type:

@@ -46,8 +46,9 @@ from gadget_operator import (
 from gadget_operator.daemon import model
 from gadget_operator.daemon.client import DaemonClient, DaemonPool
 from gadget_operator.discovery import Topology
+from gadget_operator.finalizers import Finalizers
 from gadget_operator.node_worker import NodeWorker
-from gadget_operator.resource import FINALIZER, GadgetInstanceResource, GadgetInstanceSpec
+from gadget_operator.resource import GadgetInstanceResource, GadgetInstanceSpec
 from gadget_operator.settings import DaemonStore, Settings
 from gadget_operator.shared_store import STORE, SharedPlacement
 from gadget_operator.status import NodeOutcome, NodeState
@@ -104,9 +105,14 @@ class Reconciler:
         self._matching_cache: dict[str, tuple[tuple[int, str], list[str]]] = {}
         self._shared_cache: dict[str, tuple[tuple[int, str, int], planner.DesiredInstance]] = {}
         self._unreachable: set[str] = set()
-        self._finalizer_errors: dict[str, tuple[int, str]] = {}
-        self._finalizer_retries: set[str] = set()
-        """Per resource UID whose finalizer could not be added: failures so far, and the last error."""
+        self.finalizers = Finalizers(
+            api,
+            settings.executor,
+            self.resources,
+            deletion_done=lambda uid: uid in self.cleanup and not self.cleanup[uid],
+            released=self._released,
+            warn=self._warn,
+        )
         self._resources_listed = False
         self._phases: dict[str, str] = {}
         self.verdicts = validation.Verdicts()
@@ -121,6 +127,7 @@ class Reconciler:
 
     def start(self) -> None:
         self._spawn(self.writer.run())
+        self.finalizers.start()
         if self.shared is not None:
             namespace = self.settings.discovery.daemon_namespace
             self._spawn(inventory.follow(self.api, namespace, self.shared.inventory))
@@ -136,6 +143,7 @@ class Reconciler:
         return set(self.topology.endpoints)
 
     async def stop(self) -> None:
+        await self.finalizers.stop()
         tasks = [*self._tasks, *(w.task for w in self.workers.values() if w.task is not None)]
         for task in tasks:
             task.cancel()
@@ -164,15 +172,13 @@ class Reconciler:
             return  # we already hold a newer copy (the response of our own status write)
         # A spec that can never run creates nothing, so it needs no cleanup (and a patch of it may be
         # refused by admission): it gets its Failed status without the finalizer.
-        if not gi.deleting and not gi.has_finalizer and gi.spec is not None:
-            if not await self._add_finalizer(gi):
-                # Known, so that its status can say why nothing runs; it runs nothing without the finalizer.
-                self.resources[uid] = gi
-                self.writer.mark(uid)
-                return
-            gi = _with_finalizer(gi)
-        self._finalizer_errors.pop(uid, None)
         self.resources[uid] = gi
+        if not gi.deleting and not gi.has_finalizer and gi.spec is not None:
+            # Nothing runs before the finalizer is on (its watch event comes back here); known meanwhile,
+            # so that the status can say why nothing runs if it cannot be added.
+            self.finalizers.sync(uid)
+            self.writer.mark(uid)
+            return
         self._count_phase(uid, str(gi.status.get("phase", "")) or None)
         if gi.deleting and gi.has_finalizer and uid not in self.cleanup:
             self._update_desired(gi)
@@ -191,7 +197,7 @@ class Reconciler:
             for node in self.cleanup[uid] - self.workers.keys():
                 self._wait_for_daemon(uid, node)
             if not self.cleanup[uid]:
-                await self._finish_cleanup(uid)
+                self.finalizers.sync(uid)
             return
         if previous is None or _wants_differ(previous, gi):
             self._check_spec(gi)
@@ -384,7 +390,7 @@ class Reconciler:
         self._record(node, desired, result.outcomes, holding, result.removal_errors)
         self._nudge_rollouts(d.owner.resource_uid for d in desired)
         if result.unreachable is None:
-            await self._check_cleanup(node, actual)
+            self._check_cleanup(node, actual)
         else:
             for uid, pending in self.cleanup.items():
                 if node in pending:
@@ -713,9 +719,8 @@ class Reconciler:
         def observed() -> status.Observed:
             return status.Observed(gi.generation, gi.status, self.clock(), self.settings.status.max_node_entries)
 
-        finalizer_error = self._finalizer_errors.get(uid)
-        if finalizer_error is not None and not gi.has_finalizer:
-            refused = finalizer_error[1]
+        refused = self.finalizers.refusal(uid)
+        if refused is not None:
             return Rendered(lambda: status.compute_status(observed(), finalizer_error=refused), gi.status, settled=True)
         if gi.deleting:
             # Never settled, so held back for settle_timeout: a quick cleanup writes no Terminating status.
@@ -834,7 +839,7 @@ class Reconciler:
             if node in self.cleanup[uid] and not self._may_hold(uid, node):
                 self._node_clean(uid, node)
 
-    async def _check_cleanup(self, node: str, actual: dict[str, model.GadgetInstance]) -> None:
+    def _check_cleanup(self, node: str, actual: Mapping[str, model.GadgetInstance]) -> None:
         holding: set[str] = set()
         for instance in actual.values():
             owner = identity.parse_ownership(instance.tags)
@@ -848,28 +853,17 @@ class Reconciler:
             else:
                 self._node_clean(uid, node)
         for uid in [uid for uid, pending in self.cleanup.items() if not pending]:
-            await self._finish_cleanup(uid)
+            self.finalizers.sync(uid)
 
     def _node_clean(self, uid: str, node: str) -> None:
         self.cleanup[uid].discard(node)
         if self.outcomes.get(uid, {}).pop(node, None) is not None:
             self.writer.mark(uid)
         if not self.cleanup[uid]:
-            self._spawn(self._finish_cleanup(uid))
+            self.finalizers.sync(uid)
 
-    async def _finish_cleanup(self, uid: str) -> None:
-        gi = self.resources.get(uid)
-        if gi is None or uid not in self.cleanup or self.cleanup[uid]:
-            return
-        try:
-            await self.api.remove_finalizer(gi)
-        except Exception as error:
-            logger.warning("%s: removing the finalizer failed, will retry: %s", gi.key, error)
-            asyncio.get_running_loop().call_later(
-                self.settings.executor.backoff_initial, lambda: self._spawn(self._finish_cleanup(uid))
-            )
-            return
-        logger.info("%s: instances removed from every node, finalizer released", gi.key)
+    def _released(self, uid: str) -> None:
+        """The finalizer of a resource whose deletion is complete is gone."""
         self.cleanup.pop(uid, None)
 
     def _count_phase(self, uid: str, phase: str | None) -> None:
@@ -885,7 +879,7 @@ class Reconciler:
 
     def _forget(self, uid: str) -> None:
         self._count_phase(uid, None)
-        self._finalizer_errors.pop(uid, None)
+        self.finalizers.forget(uid)
         for desired in self._desired.values():
             desired.pop(uid, None)
         self._matching_cache.pop(uid, None)
@@ -926,44 +920,6 @@ class Reconciler:
         except Exception as error:
             logger.warning("cannot confirm that node %s is gone, keeping its instances: %s", node, error)
             return False
-
-    async def _add_finalizer(self, gi: GadgetInstanceResource) -> bool:
-        """Add the cleanup finalizer; on failure the status and a Warning Event say why, and it is tried
-        again with per-resource exponential backoff (a conflict also comes back with the next event)."""
-        try:
-            await self.api.add_finalizer(gi)
-        except Exception as error:
-            failures, previous = self._finalizer_errors.get(gi.uid, (0, ""))
-            message = str(error)
-            self._finalizer_errors[gi.uid] = (failures + 1, message)
-            config = self.settings.executor
-            delay = min(config.backoff_initial * 2.0**failures, config.backoff_max)
-            logger.warning("%s: adding the finalizer failed, retrying in %gs: %s", gi.key, delay, message)
-            if message != previous:
-                self._spawn(self._warn(gi, "FinalizerRefused", f"cannot add the cleanup finalizer: {message}"))
-            self._retry_finalizer_later(gi, delay)
-            return False
-        return True
-
-    def _retry_finalizer_later(self, gi: GadgetInstanceResource, delay: float) -> None:
-        if gi.uid in self._finalizer_retries:
-            return  # one retry at a time per resource
-        self._finalizer_retries.add(gi.uid)
-        asyncio.get_running_loop().call_later(delay, lambda: self._spawn(self._retry_finalizer(gi)))
-
-    async def _retry_finalizer(self, gi: GadgetInstanceResource) -> None:
-        self._finalizer_retries.discard(gi.uid)
-        known = self.resources.get(gi.uid)
-        if known is None or known.has_finalizer or gi.uid not in self._finalizer_errors:
-            return  # gone, or a later event already handled it
-        try:
-            latest = await self.api.get_gadget_instance(gi.namespace, gi.name)
-        except Exception as error:  # a failed read must not end the retries
-            logger.warning("%s: reading it to retry the finalizer failed: %s", gi.key, error)
-            self._retry_finalizer_later(gi, self.settings.executor.backoff_max)
-            return
-        if latest is not None:
-            await self.observe("MODIFIED", latest)
 
     async def _warn(self, gi: GadgetInstanceResource, reason: str, message: str) -> None:
         try:
@@ -1098,13 +1054,13 @@ class Reconciler:
         for node in nodes:
             self._set_outcome(uid, node, replace(outcome, node=node))
 
-    async def finish_shared_cleanups(self, holders: set[str]) -> None:
+    def finish_shared_cleanups(self, holders: set[str]) -> None:
         """Deletions whose resource has no instance left in the shared store are done."""
         for uid in [uid for uid in self.cleanup if uid not in holders]:
             self.cleanup[uid].discard(STORE)
             self.outcomes.pop(uid, None)
             if not self.cleanup[uid]:
-                await self._finish_cleanup(uid)
+                self.finalizers.sync(uid)
 
     # -- the dry run before a spec's first instance ------------------------------------------------
 
@@ -1206,10 +1162,6 @@ def _wants_differ(before: GadgetInstanceResource, after: GadgetInstanceResource)
         after.generation,
         after.has_finalizer,  # nothing runs before the finalizer is on
     )
-
-
-def _with_finalizer(gi: GadgetInstanceResource) -> GadgetInstanceResource:
-    return replace(gi, finalizers=(*gi.finalizers, FINALIZER))
 
 
 def _unsettled(outcome: NodeOutcome | None, expected_id: str) -> bool:

@@ -115,7 +115,7 @@ class SharedPlacement:
         await executor.each(plan.removals, remove, width)
         rec.wake_nodes(touched, relist=True)
         self._failures = self._failures + 1 if any(failed) else 0
-        await rec.finish_shared_cleanups(self.holders())
+        rec.finish_shared_cleanups(self.holders())
 
     def holders(self) -> set[str]:
         """The resources that still have an instance in the store."""

@@ -77,8 +77,10 @@ def new_operator(cluster: Cluster, static_nodes: Path, *extra: str) -> OperatorP
     )
 
 
-@pytest.fixture
-async def cluster() -> AsyncIterator[tuple[Cluster, KubeEmulator | None]]:
+@contextlib.asynccontextmanager
+async def api_server() -> AsyncIterator[tuple[Cluster, KubeEmulator | None]]:
+    """A test's API server: with GADGET_E2E_KUBECONFIG a namespace of its own on that cluster (the CRD
+    installed; the namespace and the test's Nodes removed afterwards), else a fresh emulator with the CRD."""
     if E2E_KUBECONFIG:
         api = await real_cluster_client()
         extensions = kclient.ApiextensionsV1Api(api)
@@ -114,6 +116,12 @@ async def cluster() -> AsyncIterator[tuple[Cluster, KubeEmulator | None]]:
     finally:
         await api.close()
         await emulator.stop()
+
+
+@pytest.fixture
+async def cluster() -> AsyncIterator[tuple[Cluster, KubeEmulator | None]]:
+    async with api_server() as server:
+        yield server
 
 
 @pytest.fixture(params=STORES)

@@ -2,8 +2,13 @@
 
 Each replica is a real ``gadget-operator run --leader-elect`` process with its own HOSTNAME, so its
 holder identity (``<HOSTNAME>_<random>``) names it in the Lease and in the User-Agent of its own API
-calls (the emulator records both). Each replica reaches the daemons through sockets of its own that
-forward to the simulated daemons and count what passes, so a test knows which replica called a daemon.
+calls. Each replica reaches the daemons through sockets of its own that forward to the simulated daemons
+and count what passes, so a test knows which replica called a daemon.
+
+The tests read the Lease and the GadgetInstances through the Kubernetes API, so they run against the
+emulator and, with ``GADGET_E2E_KUBECONFIG``, against a real API server (in a namespace of their own,
+which also holds the Lease). Those that read the emulator's request log (which replica wrote what) or
+make it fail on purpose run against the emulator only.
 
 Timings are short (a lease of a few seconds) so that takeovers are quick; the durations asserted are
 generous bounds on what a user waits for, not benchmarks.
@@ -32,15 +37,19 @@ import pytest
 import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from kubernetes.aio import client as kclient
+from kubernetes.aio import config as kconfig
+from kubernetes.aio.client.exceptions import ApiException
 
 from gadget_operator import identity, kube
 from gadget_operator.daemon.client import DaemonPool
 from gadget_operator.leadership import Elector, micro_time
 from gadget_operator.settings import LeaderElectionSettings
+from gadget_operator.simulator.configmap_store import ConfigMapStore
 from gadget_operator.simulator.server import Fleet
 from gadget_operator.testing.kube_emulator import WRITE_VERBS, KubeEmulator, RecordedRequest
 from gadget_operator.testing.operator_process import OperatorProcess
-from tests.integration.conftest import QUICK
+from tests.integration.conftest import QUICK, api_server
 from tests.integration.harness import (
     E2E_KUBECONFIG,
     Cluster,
@@ -49,12 +58,14 @@ from tests.integration.harness import (
     eventually,
     load_crd,
 )
+from tests.packaging.conftest import HA_OVERLAY, k8s_binaries, load_documents, one, run
 
-pytestmark = pytest.mark.skipif(bool(E2E_KUBECONFIG), reason="reads the emulator's request log and Lease")
+EMULATOR_ONLY_LOG = pytest.mark.skipif(
+    bool(E2E_KUBECONFIG), reason="reads the emulator's request log (which replica made which API call)"
+)
 
 NODE_COUNT = 3
-LEASE = ("coordination.k8s.io/v1", "leases", "gadget-operator", "default")
-ELECTION = ("--leader-elect", "--lease-namespace", "default")
+LEASE_NAME = "gadget-operator"
 TIMINGS = ("--lease-duration", "4", "--renew-deadline", "3", "--retry-period", "0.5")
 NO_PORTS = ("--liveness", "", "--metrics-port", "0")
 FAST_TIMINGS = ("--lease-duration", "3", "--renew-deadline", "2", "--retry-period", "0.3")
@@ -152,22 +163,71 @@ class Replica:
         return process is not None and process.returncode is None
 
 
+async def read_lease(cluster: Cluster, name: str = LEASE_NAME) -> dict[str, Any] | None:
+    """The Lease in the test's namespace, as ``kubectl get lease -o yaml`` shows it (None: there is none)."""
+    try:
+        lease: dict[str, Any] = await cluster.custom.get_namespaced_custom_object(
+            "coordination.k8s.io", "v1", cluster.namespace, "leases", name
+        )
+    except ApiException as error:
+        if error.status == 404:
+            return None
+        raise
+    return lease
+
+
+async def take_lease(cluster: Cluster, holder: str) -> None:
+    """Make ``holder`` the Lease's holder, as another candidate would (an update at the resourceVersion read;
+    again on a 409, when a renewal came first)."""
+    while True:
+        lease = await read_lease(cluster)
+        assert lease is not None
+        now = micro_time(datetime.now(UTC))
+        lease["spec"] |= {"holderIdentity": holder, "acquireTime": now, "renewTime": now}
+        try:
+            await cluster.custom.replace_namespaced_custom_object(
+                "coordination.k8s.io", "v1", cluster.namespace, "leases", LEASE_NAME, lease
+            )
+            return
+        except ApiException as error:
+            if error.status != 409:
+                raise
+
+
+async def lease_api(cluster: Cluster) -> kube.KubeApi:
+    """The operator's own API client (what its elector uses), for the test's API server."""
+    if cluster.server:
+        return await kube.KubeApi.connect(cluster.server)
+    configuration = kclient.Configuration()
+    await kconfig.load_kube_config(config_file=cluster.kubeconfig, client_configuration=configuration)
+    return kube.KubeApi(configuration)
+
+
 @dataclass
 class HA:
     cluster: Cluster
-    emulator: KubeEmulator
+    emulator: KubeEmulator | None
     fleet: Fleet
     nodes: Nodes
     directory: Path
     static_nodes: Path
     replicas: list[Replica] = field(default_factory=list)
 
-    async def start(self, name: str, *extra: str, proxied: bool = False, timings: Sequence[str] = TIMINGS) -> Replica:
+    async def start(
+        self,
+        name: str,
+        *extra: str,
+        proxied: bool = False,
+        timings: Sequence[str] = TIMINGS,
+        kubeconfig: str | None = None,
+    ) -> Replica:
+        """A replica; ``kubeconfig``: its own credentials on a real API server (default: the test's)."""
         proxies = Proxies(self.directory, self.fleet, name) if proxied else None
         static_nodes = await proxies.start() if proxies is not None else self.static_nodes
         process = OperatorProcess(
             static_nodes,
             kube_server=self.cluster.server,
+            kubeconfig=kubeconfig or self.cluster.kubeconfig,
             log_dir=self.directory,
             extra_args=[
                 "--daemon-store",
@@ -175,7 +235,7 @@ class HA:
                 "--namespace",
                 self.cluster.namespace,
                 *QUICK,
-                *ELECTION,
+                *("--leader-elect", "--lease-namespace", self.cluster.namespace),
                 *timings,
                 *extra,
             ],
@@ -193,17 +253,23 @@ class HA:
                 os.environ["HOSTNAME"] = previous
         return replica
 
-    def lease(self) -> dict[str, Any] | None:
-        return self.emulator.get(LEASE[0], LEASE[1], LEASE[2], LEASE[3])
+    @property
+    def lease_path(self) -> str:
+        """How the operator names its Lease in its log: ``<namespace>/<name>``."""
+        return f"{self.cluster.namespace}/{LEASE_NAME}"
+
+    async def lease(self) -> dict[str, Any] | None:
+        return await read_lease(self.cluster)
 
     async def leader(self, *, within: float = 20.0) -> Replica:
         """The live replica that holds the Lease (waits until one does)."""
+        seen: list[dict[str, Any] | None] = [None]
 
         async def probe() -> Replica | None:
-            lease = self.lease()
+            seen[0] = lease = await self.lease()
             return next((r for r in self.replicas if r.alive and r.holds(lease)), None)
 
-        return await eventually(probe, within=within, what=f"a live replica holds the lease: {self.lease()}")
+        return await eventually(probe, within=within, what=f"a live replica holds the lease: {seen}")
 
     def logs(self) -> str:
         return "\n".join(f"==== {r.name}\n{r.process.logs()[-8000:]}" for r in self.replicas)
@@ -211,32 +277,46 @@ class HA:
 
 @contextlib.asynccontextmanager
 async def ha_cluster() -> AsyncIterator[HA]:
-    """The emulator with the CRD, three simulated standalone daemons (per-node store), no operator yet."""
-    emulator = KubeEmulator()
-    url = await emulator.start()
-    emulator.register_crd(load_crd())
-    api = emulator_client(url)
-    directory = Path(tempfile.mkdtemp(prefix="ha-"))
-    fleet = Fleet(directory, stored=False)
-    pool = DaemonPool(timeout=2.0)
-    cluster = Cluster(api, "default", node_prefix="node-", server=url)
-    ha = HA(cluster, emulator, fleet, Nodes(fleet, pool), directory, directory / "nodes.yaml")
-    try:
-        await fleet.start(NODE_COUNT, prefix="node-")
-        for name in fleet.nodes:
-            await cluster.add_node(name)
-        fleet.write_static_nodes(ha.static_nodes)
-        yield ha
-    finally:
-        for replica in ha.replicas:
-            await replica.process.kill()
-            if replica.proxies is not None:
-                await replica.proxies.stop()
-        await pool.close()
-        await fleet.stop()
-        await api.close()
-        await emulator.stop()
-        shutil.rmtree(directory, ignore_errors=True)
+    """The API server with the CRD (the emulator, or a namespace of the real one), three simulated standalone
+    daemons (per-node store) and their Nodes, no operator yet."""
+    async with api_server() as (cluster, emulator):
+        directory = Path(tempfile.mkdtemp(prefix="ha-"))
+        fleet = Fleet(directory, stored=False)
+        pool = DaemonPool(timeout=2.0)
+        ha = HA(cluster, emulator, fleet, Nodes(fleet, pool), directory, directory / "nodes.yaml")
+        try:
+            await fleet.start(NODE_COUNT, prefix=cluster.node_prefix)
+            for name in fleet.nodes:
+                await cluster.add_node(name)
+            fleet.write_static_nodes(ha.static_nodes)
+            yield ha
+        finally:
+            for replica in ha.replicas:
+                await replica.process.kill()
+                if replica.proxies is not None:
+                    await replica.proxies.stop()
+            if E2E_KUBECONFIG:  # no operator left to release the finalizers: drop them, or the namespace stays
+                await drop_finalizers(cluster)
+            await pool.close()
+            await fleet.stop()
+            shutil.rmtree(directory, ignore_errors=True)
+
+
+async def drop_finalizers(cluster: Cluster) -> None:
+    listed = await cluster.custom.list_namespaced_custom_object(
+        "gadget-operator.io", "v1alpha1", cluster.namespace, "gadgetinstances"
+    )
+    for item in listed["items"]:
+        with contextlib.suppress(ApiException):
+            await cluster.custom.patch_namespaced_custom_object(
+                "gadget-operator.io",
+                "v1alpha1",
+                cluster.namespace,
+                "gadgetinstances",
+                item["metadata"]["name"],
+                {"metadata": {"finalizers": None}},
+                _content_type="application/merge-patch+json",
+            )
 
 
 @pytest.fixture
@@ -301,12 +381,12 @@ async def wait_settled(ha: HA, live: dict[str, int], gone: Collection[str] = (),
         raise AssertionError(f"{error}\nstill: {last[0]}\n{ha.logs()}") from None
 
 
-# -- the elector itself, against the emulator -----------------------------------------------------------------
+# -- the elector itself, against the API server ---------------------------------------------------------------
 
 
-def elector_settings(name: str, **overrides: Any) -> LeaderElectionSettings:
+def elector_settings(cluster: Cluster, name: str, **overrides: Any) -> LeaderElectionSettings:
     base = LeaderElectionSettings(
-        enabled=True, lease_namespace="default", identity=f"{name}_x", lease_duration=4, renew_deadline=3
+        enabled=True, lease_namespace=cluster.namespace, identity=f"{name}_x", lease_duration=4, renew_deadline=3
     )
     return dataclasses.replace(base, **overrides)
 
@@ -319,16 +399,15 @@ class Clock:
         return self.now
 
 
-async def test_candidates_racing_for_the_lease_elect_exactly_one() -> None:
-    emulator = KubeEmulator()
-    url = await emulator.start()
-    apis = [await kube.KubeApi.connect(url) for _ in range(4)]
+async def test_candidates_racing_for_the_lease_elect_exactly_one(cluster: tuple[Cluster, KubeEmulator | None]) -> None:
+    server = cluster[0]
+    apis = [await lease_api(server) for _ in range(4)]
     try:
         clock = Clock()
-        electors = [Elector(api, elector_settings(f"c{i}"), clock=clock) for i, api in enumerate(apis)]
+        electors = [Elector(api, elector_settings(server, f"c{i}"), clock=clock) for i, api in enumerate(apis)]
         for _ in range(3):  # the first attempt races on create, later ones on update
             won = await asyncio.gather(*(e.try_acquire_or_renew() for e in electors))
-            holder = emulator.get(*LEASE)["spec"]["holderIdentity"]  # type: ignore[index]
+            holder = (await read_lease(server))["spec"]["holderIdentity"]  # type: ignore[index]
             assert sum(won) == 1, won
             assert electors[won.index(True)].identity == holder
         leader = electors[won.index(True)]
@@ -340,7 +419,7 @@ async def test_candidates_racing_for_the_lease_elect_exactly_one() -> None:
         clock.now += 0.2
         won = await asyncio.gather(*(e.try_acquire_or_renew() for e in others))
         assert sum(won) == 1
-        lease = emulator.get(*LEASE)
+        lease = await read_lease(server)
         assert lease is not None
         assert lease["spec"]["leaseTransitions"] == 1
         # The old leader sees another holder: it has lost, at once.
@@ -352,34 +431,33 @@ async def test_candidates_racing_for_the_lease_elect_exactly_one() -> None:
     finally:
         for api in apis:
             await api.close()
-        await emulator.stop()
 
 
-async def test_a_released_lease_is_taken_at_once() -> None:
-    emulator = KubeEmulator()
-    url = await emulator.start()
-    first, second = await kube.KubeApi.connect(url), await kube.KubeApi.connect(url)
+async def test_a_released_lease_is_taken_at_once(cluster: tuple[Cluster, KubeEmulator | None]) -> None:
+    server = cluster[0]
+    first, second = await lease_api(server), await lease_api(server)
     try:
-        a = Elector(first, elector_settings("a", retry_period=0.1))
-        b = Elector(second, elector_settings("b", retry_period=0.1))
+        a = Elector(first, elector_settings(server, "a", retry_period=0.1))
+        b = Elector(second, elector_settings(server, "b", retry_period=0.1))
         await asyncio.wait_for(a.acquire(), 5)
         assert not await b.try_acquire_or_renew()
         await a.release()
-        lease = emulator.get(*LEASE)
+        lease = await read_lease(server)
         assert lease is not None
         assert lease["spec"]["holderIdentity"] == ""
         await asyncio.wait_for(b.acquire(), 5)  # no lease duration to wait for
-        assert emulator.get(*LEASE)["spec"]["holderIdentity"] == "b_x"  # type: ignore[index]
+        assert (await read_lease(server))["spec"]["holderIdentity"] == "b_x"  # type: ignore[index]
     finally:
         await first.close()
         await second.close()
-        await emulator.stop()
 
 
 # -- two replicas ---------------------------------------------------------------------------------------------
 
 
-async def test_two_replicas_exactly_one_calls_daemons_and_writes(ha: HA) -> None:
+async def two_replicas_at_work(ha: HA) -> tuple[Replica, Replica]:
+    """A leader and a standby, each with its own way to the daemons; resources applied, changed and deleted
+    (each time until every node runs what it should), then one more drift check of the leader."""
     first = await ha.start("replica-a", proxied=True)
     assert await ha.leader() is first
     second = await ha.start("replica-b", proxied=True)
@@ -390,7 +468,6 @@ async def test_two_replicas_exactly_one_calls_daemons_and_writes(ha: HA) -> None
     await ha.cluster.delete("everywhere")
     await wait_settled(ha, {"verbose": 3}, {"everywhere"})
     assert first.proxies is not None
-    assert second.proxies is not None
     # The leader goes on with its drift checks (every second) while the standby keeps standing by.
     seen = first.proxies.bytes
 
@@ -399,7 +476,24 @@ async def test_two_replicas_exactly_one_calls_daemons_and_writes(ha: HA) -> None
 
     await eventually(resynced, what="the leader's next drift check")
     assert await ha.leader() is first
+    return first, second
+
+
+async def test_two_replicas_only_the_leader_calls_daemons(ha: HA) -> None:
+    first, second = await two_replicas_at_work(ha)
+    assert first.proxies is not None
+    assert second.proxies is not None
+    assert first.proxies.connections > 0
     assert (second.proxies.connections, second.proxies.bytes) == (0, 0), "the standby called a daemon"
+    # Both replicas are alive: the standby waits, it does not crash-loop.
+    assert first.alive
+    assert second.alive
+
+
+@EMULATOR_ONLY_LOG
+async def test_two_replicas_only_the_leader_writes(ha: HA) -> None:
+    first, second = await two_replicas_at_work(ha)
+    assert ha.emulator is not None
     assert second.writes(ha.emulator, leases=True) == [], "the standby wrote"
     assert {r.resource for r in second.requests(ha.emulator)} <= {"leases", "nodes", None}
     assert first.writes(ha.emulator), "the leader wrote nothing"
@@ -409,9 +503,6 @@ async def test_two_replicas_exactly_one_calls_daemons_and_writes(ha: HA) -> None
     }
     kopf_writes = [r for r in ha.emulator.requests if r.user_agent.startswith("kopf/") and r.verb in WRITE_VERBS]
     assert kopf_writes == []
-    # Both replicas are alive and report what they are on the liveness endpoint.
-    assert first.alive
-    assert second.alive
 
 
 async def test_the_leader_killed_the_standby_takes_over_within_the_lease_duration(ha: HA) -> None:
@@ -432,9 +523,9 @@ async def test_the_leader_killed_the_standby_takes_over_within_the_lease_duratio
     # The new leader works: what changed while nobody led, and what changes now.
     await ha.cluster.patch_spec("other", {"logLevel": 4})
     await ha.cluster.apply("late", {"image": "trace_exec"})
+    # Running at the new generation, with what each node runs: written by the new leader, the only one alive.
     await wait_settled(ha, {"trace": 0, "other": 4, "late": 0})
     assert second.proxies.connections > 0
-    assert second.writes(ha.emulator)
     await ha.cluster.delete("trace")
     await wait_settled(ha, {"other": 4, "late": 0}, {"trace"})
 
@@ -446,7 +537,7 @@ async def test_a_leader_that_stops_cleanly_hands_over_at_once(ha: HA) -> None:
     await ha.cluster.apply("trace", {"image": "trace_exec"})
     await wait_settled(ha, {"trace": 0})
     assert await first.process.stop() == 0
-    lease = ha.lease()
+    lease = await ha.lease()
     assert lease is not None
     # Released (or already taken by the standby): no 30 s wait for the next leader.
     assert lease["spec"]["holderIdentity"] == "" or second.holds(lease)
@@ -458,46 +549,199 @@ async def test_a_leader_that_stops_cleanly_hands_over_at_once(ha: HA) -> None:
 # -- losing the lease -----------------------------------------------------------------------------------------
 
 
-async def test_a_leader_whose_lease_is_taken_stops_at_once(ha: HA) -> None:
+async def lose_the_lease(ha: HA) -> Replica:
+    """A leader at work whose Lease another candidate takes (as after a partition the leader did not
+    notice); returns once the leader has exited, as it must, with 1."""
     leader = await ha.start("replica-a", proxied=True)
     assert await ha.leader() is leader
     await ha.cluster.apply("trace", {"image": "trace_exec"})
     await wait_settled(ha, {"trace": 0})
-    lease = ha.lease()
-    assert lease is not None
-    now = micro_time(datetime.now(UTC))
-    taken = lease["spec"] | {"holderIdentity": "someone-else", "acquireTime": now, "renewTime": now}
-    ha.emulator.put(lease | {"spec": taken})  # another holder, as after a partition the leader did not notice
-    taken_at = len(ha.emulator.requests)
     process = leader.process.process
     assert process is not None
+    await take_lease(ha.cluster, "someone-else")
     code = await asyncio.wait_for(process.wait(), 10)
     assert code == 1
-    assert (
-        "lost leadership (lease default/gadget-operator is now held by someone-else); exiting" in leader.process.logs()
-    )
+    return leader
+
+
+async def test_a_leader_whose_lease_is_taken_stops_at_once(ha: HA) -> None:
+    leader = await lose_the_lease(ha)
+    assert f"lost leadership (lease {ha.lease_path} is now held by someone-else); exiting" in leader.process.logs()
     assert leader.proxies is not None
     calls, passed = daemon_calls(ha.fleet), leader.proxies.bytes
-    # Its drift checks ran every second; after the loss, not one more daemon call and no write.
+    # Its drift checks ran every second; after the loss, not one more daemon call.
     await asyncio.sleep(3)
     assert (daemon_calls(ha.fleet), leader.proxies.bytes) == (calls, passed)
-    late_writes = [r for r in leader.writes(ha.emulator) if ha.emulator.requests.index(r) >= taken_at]
+    assert (await ha.lease())["spec"]["holderIdentity"] == "someone-else"  # type: ignore[index]
+
+
+@EMULATOR_ONLY_LOG
+async def test_a_leader_whose_lease_is_taken_writes_nothing_after(ha: HA) -> None:
+    leader = await lose_the_lease(ha)
+    assert ha.emulator is not None
+    requests = ha.emulator.requests
+    # The test's own update of the Lease (the official client's User-Agent) is when it was lost.
+    taken_at = max(
+        i
+        for i, r in enumerate(requests)
+        if r.resource == "leases" and r.verb == "update" and r.user_agent.startswith("OpenAPI-Generator/")
+    )
+    late_writes = [r for r in leader.writes(ha.emulator) if requests.index(r) > taken_at]
     assert late_writes == []
-    assert ha.lease()["spec"]["holderIdentity"] == "someone-else"  # type: ignore[index]
 
 
+@pytest.mark.skipif(bool(E2E_KUBECONFIG), reason="makes the emulator refuse the renewals")
 async def test_a_leader_that_cannot_renew_stops_within_the_renew_deadline(ha: HA) -> None:
     leader = await ha.start("replica-a")
     assert await ha.leader() is leader
     await ha.cluster.apply("trace", {"image": "trace_exec"})
     await wait_settled(ha, {"trace": 0})
+    assert ha.emulator is not None
     ha.emulator.deny("update", "leases")  # the renewals fail (the API server refuses, or cannot be reached)
     process = leader.process.process
     assert process is not None
     code = await asyncio.wait_for(process.wait(), 10)
     assert code == 1
     logs = leader.process.logs()
-    assert "lost leadership (could not renew lease default/gadget-operator within 3s" in logs
+    assert f"lost leadership (could not renew lease {ha.lease_path} within 3s" in logs
+
+
+# -- the shipped RBAC, where it is enforced ---------------------------------------------------------------------
+
+HA_RBAC_KINDS = ("ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding")
+
+
+def ha_overlay_rbac(namespace: str) -> list[dict[str, Any]]:
+    """The ServiceAccount and RBAC objects ``kubectl kustomize manifests/overlays/ha`` renders, moved into the
+    test's namespace (which stands for gadget-operator-system, where the Lease is, and for IG's namespace
+    `gadget`, where the shared store is); cluster-wide objects get names of their own."""
+    binaries = k8s_binaries.ensure()
+    rendered = load_documents(run([binaries["kubectl"], "kustomize", str(HA_OVERLAY)]).stdout)
+    objects = []
+    for obj in rendered:
+        if obj["kind"] not in HA_RBAC_KINDS:
+            continue
+        if obj["kind"].startswith("Cluster"):
+            obj["metadata"]["name"] = f"{namespace}-{obj['metadata']['name']}"
+        else:
+            obj["metadata"]["namespace"] = namespace
+        if obj["kind"] == "ClusterRoleBinding":
+            obj["roleRef"]["name"] = f"{namespace}-{obj['roleRef']['name']}"
+        for subject in obj.get("subjects", []):
+            subject["namespace"] = namespace
+        objects.append(obj)
+    assert sorted(o["kind"] for o in objects) == sorted([*HA_RBAC_KINDS, "Role", "RoleBinding"])
+    return objects
+
+
+async def create_rbac(cluster: Cluster, obj: dict[str, Any]) -> None:
+    rbac = kclient.RbacAuthorizationV1Api(cluster.api)
+    namespace = obj["metadata"].get("namespace", "")
+    create = {
+        "ServiceAccount": lambda: cluster.core.create_namespaced_service_account(namespace, obj),
+        "ClusterRole": lambda: rbac.create_cluster_role(obj),
+        "ClusterRoleBinding": lambda: rbac.create_cluster_role_binding(obj),
+        "Role": lambda: rbac.create_namespaced_role(namespace, obj),
+        "RoleBinding": lambda: rbac.create_namespaced_role_binding(namespace, obj),
+    }[obj["kind"]]
+    await create()
+
+
+def token_kubeconfig(source: str, token: str, path: Path) -> str:
+    """A kubeconfig for the same API server as ``source``, that authenticates with ``token`` only."""
+    config = yaml.safe_load(Path(source).read_text())
+    context = next(c for c in config["contexts"] if c["name"] == config["current-context"])["context"]
+    server = dict(next(c for c in config["clusters"] if c["name"] == context["cluster"])["cluster"])
+    authority = server.get("certificate-authority")
+    if authority:
+        server["certificate-authority"] = str(Path(source).parent / authority)
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "apiVersion": "v1",
+                "kind": "Config",
+                "clusters": [{"name": "e2e", "cluster": server}],
+                "users": [{"name": "operator", "user": {"token": token}}],
+                "contexts": [{"name": "operator", "context": {"cluster": "e2e", "user": "operator"}}],
+                "current-context": "operator",
+            }
+        )
+    )
+    return str(path)
+
+
+@pytest.mark.skipif(not E2E_KUBECONFIG, reason="RBAC is enforced by a real API server only (not by the emulator)")
+async def test_with_the_ha_overlays_rbac_two_replicas_elect_a_leader_that_works() -> None:
+    """Replicas that authenticate as the overlay's ServiceAccount, with exactly its rules: they elect a leader,
+    which makes every resource Running, with no call refused; without the Lease's Role, the leader can no
+    longer renew and exits, and nobody can take over until the Role is bound again."""
+    async with api_server() as (cluster, _):
+        namespace = cluster.namespace
+        objects = ha_overlay_rbac(namespace)
+        rbac = kclient.RbacAuthorizationV1Api(cluster.api)
+        directory = Path(tempfile.mkdtemp(prefix="ha-rbac-"))
+        fleet = Fleet(directory, stored=False, shared_store=ConfigMapStore(cluster.api, namespace))
+        pool = DaemonPool(timeout=2.0)
+        ha = HA(cluster, None, fleet, Nodes(fleet, pool), directory, directory / "nodes.yaml")
+        try:
+            for obj in objects:
+                await create_rbac(cluster, obj)
+            account = one(objects, "ServiceAccount")["metadata"]["name"]
+            request: Any = {"spec": {"expirationSeconds": 3600}}
+            issued = await cluster.core.create_namespaced_service_account_token(account, namespace, request)
+            assert issued.status is not None
+            assert E2E_KUBECONFIG is not None
+            kubeconfig = token_kubeconfig(E2E_KUBECONFIG, issued.status.token, directory / "operator.kubeconfig")
+            await fleet.start(NODE_COUNT, prefix=cluster.node_prefix)
+            for name in fleet.nodes:
+                await cluster.add_node(name)
+            fleet.write_static_nodes(ha.static_nodes)
+            # IG's DaemonSet (the overlay's set-up): its store is ConfigMaps, which the operator only watches.
+            shared = ("--daemon-store", "shared", "--daemon-namespace", namespace)
+
+            first = await ha.start("replica-a", *shared, kubeconfig=kubeconfig)
+            assert await ha.leader() is first
+            second = await ha.start("replica-b", *shared, kubeconfig=kubeconfig)
+            await cluster.apply("trace", {"image": "trace_exec"})
+            await wait_settled(ha, {"trace": 0})
+            for replica in ha.replicas:
+                assert "forbidden" not in replica.process.logs().lower(), replica.process.logs()
+
+            lease_role = one(objects, "RoleBinding", "gadget-operator-leader-election")
+            await rbac.delete_namespaced_role_binding(lease_role["metadata"]["name"], namespace)
+            process = first.process.process
+            assert process is not None
+            assert await asyncio.wait_for(process.wait(), 15) == 1
+            logs = first.process.logs()
+            # Its renewals were refused (RBAC), and it stopped once it could not renew for the renew deadline.
+            assert f"renewing lease {ha.lease_path} failed: KubeApiError: 403: " in logs
+            assert f"lost leadership (could not renew lease {ha.lease_path} within 3s" in logs
+
+            # The standby's attempts are refused too: it stays alive, standing by, and the Lease is unchanged.
+            async def refused() -> bool:
+                return f"cannot read or take lease {ha.lease_path}: 403: " in second.process.logs()
+
+            await eventually(refused, what="the standby's attempt refused")
+            assert first.holds(await ha.lease())
+            assert second.alive
+
+            await create_rbac(cluster, dict(lease_role))
+            assert await ha.leader(within=20) is second
+            await cluster.patch_spec("trace", {"logLevel": 2})
+            await wait_settled(ha, {"trace": 2})
+        finally:
+            for replica in ha.replicas:
+                await replica.process.kill()
+            await drop_finalizers(cluster)
+            await pool.close()
+            await fleet.stop()
+            shutil.rmtree(directory, ignore_errors=True)
+            for obj in objects:
+                with contextlib.suppress(ApiException):
+                    if obj["kind"] == "ClusterRole":
+                        await rbac.delete_cluster_role(obj["metadata"]["name"])
+                    elif obj["kind"] == "ClusterRoleBinding":
+                        await rbac.delete_cluster_role_binding(obj["metadata"]["name"])
 
 
 # -- kill the leader at random points, again and again --------------------------------------------------------
@@ -607,6 +851,10 @@ def test_an_unreachable_api_server_is_one_line_and_a_non_zero_exit() -> None:
     assert lines[0].startswith(f"Error: cannot reach the Kubernetes API server at http://127.0.0.1:{port}:")
 
 
+@pytest.mark.skipif(
+    bool(E2E_KUBECONFIG),
+    reason="needs an API server without the CRD (on a shared cluster, removing it would delete every GadgetInstance)",
+)
 async def test_a_start_before_the_crd_waits_for_it_then_works() -> None:
     emulator = KubeEmulator()
     url = await emulator.start()

@@ -18,7 +18,7 @@ from gadget_operator.testing.kube_emulator import KubeEmulator
 from tests.integration.conftest import PodsEnv, daemon_pods
 from tests.integration.harness import E2E_KUBECONFIG, Cluster, eventually
 from tests.packaging.conftest import BASE, CHART, NAMESPACE, RELEASE, k8s_binaries, load_documents, run
-from tests.packaging.test_consistency import rbac_rules
+from tests.packaging.test_consistency import rbac_rules, resource_names
 
 pytestmark = pytest.mark.skipif(bool(E2E_KUBECONFIG), reason="reads the emulator's request log")
 
@@ -96,9 +96,17 @@ async def test_with_leader_election_the_chart_grants_exactly_the_calls_too(
     rendered = run(
         [binaries["helm"], "template", RELEASE, CHART, "--namespace", NAMESPACE, "--set", "replicaCount=2"]
     ).stdout
-    granted = rbac_rules(load_documents(rendered))
+    objects = load_documents(rendered)
+    granted = rbac_rules(objects)
     assert used == granted, (
         f"calls not granted: { {s: used.get(s, set()) - granted.get(s, set()) for s in used} }\n"
         f"granted, never used: { {s: granted[s] - used.get(s, set()) for s in granted} }"
     )
     assert {("coordination.k8s.io", "leases", v) for v in ("get", "create", "update")} == used[NAMESPACE]
+    # Reading and renewing are granted on the Lease's name only: every such call names it.
+    named = resource_names(objects)
+    assert set(named) == {(NAMESPACE, ("coordination.k8s.io", "leases", v)) for v in ("get", "update")}
+    for (scope, (_group, plural, verb)), names in named.items():
+        calls = [r for r in env.emulator.requests if r.resource == plural and r.verb == verb and r.namespace == scope]
+        assert calls
+        assert {r.name for r in calls} <= names, f"{verb} {plural} of { ({r.name for r in calls} - names) }"

@@ -24,6 +24,7 @@ ROOT = Path(__file__).resolve().parents[2]
 CHART = ROOT / "charts" / "gadget-operator"
 BASE = ROOT / "manifests" / "base"
 OVERLAY = ROOT / "manifests" / "overlays" / "standalone-ig"
+HA_OVERLAY = ROOT / "manifests" / "overlays" / "ha"
 RELEASE = "gadget-operator"
 NAMESPACE = "gadget-operator-system"
 # The version of the kubectl used here; kubernetes-validate has its schemas.
@@ -206,3 +207,8 @@ def base(kustomize: Callable[[Path], list[dict[str, Any]]]) -> list[dict[str, An
 @pytest.fixture(scope="session")
 def overlay(kustomize: Callable[[Path], list[dict[str, Any]]]) -> list[dict[str, Any]]:
     return kustomize(OVERLAY)
+
+
+@pytest.fixture(scope="session")
+def ha_overlay(kustomize: Callable[[Path], list[dict[str, Any]]]) -> list[dict[str, Any]]:
+    return kustomize(HA_OVERLAY)

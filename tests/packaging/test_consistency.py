@@ -1,6 +1,7 @@
 """What the chart and the kustomize manifests must agree on, with each other and with the operator.
 
-* the same RBAC rules (chart defaults vs. manifests/base);
+* the same RBAC rules (chart defaults vs. manifests/base; chart with several replicas vs.
+  manifests/overlays/ha, down to the names the Lease rules are limited to);
 * the same operator settings (environment) for the same set-up;
 * every GADGET_OPERATOR_* variable they set is a real `gadget-operator run` flag, and the operator's
   own command-line parser accepts the values;
@@ -21,11 +22,25 @@ from gadget_operator import cli
 from tests.packaging.conftest import CUSTOM_VALUES, NAMESPACE, containers_env, find, one
 
 Rule = tuple[str, str, str]  # (apiGroup, resource, verb)
+NamedRules = dict[tuple[str, Rule], frozenset[str]]  # (scope, rule) -> the only object names it is granted on
 
 
 def rbac_rules(objects: Sequence[Mapping[str, Any]]) -> dict[str, set[Rule]]:
-    """The granted (apiGroup, resource, verb) triples, per scope: "cluster" or the Role's namespace."""
+    """The granted (apiGroup, resource, verb) triples, per scope: "cluster" or the Role's namespace; some
+    only on certain objects (``resource_names`` says which)."""
+    return rbac_grants(objects)[0]
+
+
+def resource_names(objects: Sequence[Mapping[str, Any]]) -> NamedRules:
+    """The granted triples that are limited to some names (``resourceNames``), with those names. A triple
+    another rule grants without names is not limited, so not listed."""
+    return rbac_grants(objects)[1]
+
+
+def rbac_grants(objects: Sequence[Mapping[str, Any]]) -> tuple[dict[str, set[Rule]], NamedRules]:
     scopes: dict[str, set[Rule]] = {}
+    named: dict[tuple[str, Rule], set[str]] = {}
+    unlimited: set[tuple[str, Rule]] = set()
     for role in find(objects, "ClusterRole") + find(objects, "Role"):
         scope = role["metadata"].get("namespace", "cluster") if role["kind"] == "Role" else "cluster"
         bound = [
@@ -37,15 +52,23 @@ def rbac_rules(objects: Sequence[Mapping[str, Any]]) -> dict[str, set[Rule]]:
         ]
         assert len(bound) == 1, f"{role['kind']} {role['metadata']['name']} is bound {len(bound)} times"
         for rule in role["rules"]:
-            assert "resourceNames" not in rule
             assert "nonResourceURLs" not in rule
-            scopes.setdefault(scope, set()).update(
+            granted = {
                 (group, resource, verb)
                 for group in rule["apiGroups"]
                 for resource in rule["resources"]
                 for verb in rule["verbs"]
-            )
-    return scopes
+            }
+            scopes.setdefault(scope, set()).update(granted)
+            names = rule.get("resourceNames")
+            for triple in granted:
+                if names:
+                    # Kubernetes never matches a create or deletecollection by name: such a rule grants nothing.
+                    assert triple[2] not in ("create", "deletecollection"), f"{role['metadata']['name']}: {rule}"
+                    named.setdefault((scope, triple), set()).update(names)
+                else:
+                    unlimited.add((scope, triple))
+    return scopes, {key: frozenset(names) for key, names in named.items() if key not in unlimited}
 
 
 EXPECTED_RULES = {
@@ -74,6 +97,7 @@ STATIC_CLUSTER_RULES = EXPECTED_RULES["cluster"] | {("", "nodes", "get")}
 
 def test_chart_and_base_grant_the_same_rules(chart_default: list[dict[str, Any]], base: list[dict[str, Any]]) -> None:
     assert rbac_rules(chart_default) == rbac_rules(base) == EXPECTED_RULES
+    assert resource_names(chart_default) == resource_names(base) == {}
 
 
 def test_rbac_bindings_name_the_operator_service_account(
@@ -97,16 +121,52 @@ def test_rbac_bindings_name_the_operator_service_account(
 
 LEASE_RULES = {("coordination.k8s.io", "leases", verb) for verb in ("get", "create", "update")}
 """Leader election: one Lease in the operator's own namespace (a Role there, nothing cluster-wide)."""
+LEASE_NAMES = {
+    (NAMESPACE, ("coordination.k8s.io", "leases", verb)): frozenset({"gadget-operator"}) for verb in ("get", "update")
+}
+"""Of which reading and renewing only the Lease named gadget-operator (create cannot be limited to a name)."""
 
 
 def test_leader_election_adds_only_the_lease_rules(
     helm_template: Callable[..., list[dict[str, Any]]], chart_custom: list[dict[str, Any]]
 ) -> None:
-    several = rbac_rules(helm_template({"replicaCount": 3}))
-    assert several == EXPECTED_RULES | {NAMESPACE: LEASE_RULES}
-    assert rbac_rules(helm_template({"leaderElection": {"enabled": True}})) == several
+    several = helm_template({"replicaCount": 3})
+    assert rbac_rules(several) == EXPECTED_RULES | {NAMESPACE: LEASE_RULES}
+    assert resource_names(several) == LEASE_NAMES
+    requested = helm_template({"leaderElection": {"enabled": True}})
+    assert (rbac_rules(requested), resource_names(requested)) == (rbac_rules(several), resource_names(several))
     namespaced = rbac_rules(chart_custom)  # static discovery: the per-node store's rules
     assert namespaced == {"cluster": STATIC_CLUSTER_RULES, NAMESPACE: LEASE_RULES}
+    assert resource_names(chart_custom) == LEASE_NAMES
+
+
+def test_the_lease_the_operator_renews_is_the_one_the_role_names(
+    helm_template: Callable[..., list[dict[str, Any]]], ha_overlay: list[dict[str, Any]]
+) -> None:
+    renamed = helm_template({"replicaCount": 2, "leaderElection": {"leaseName": "gi-leader"}})
+    assert containers_env(one(renamed, "Deployment"))["GADGET_OPERATOR_LEASE_NAME"] == "gi-leader"
+    assert set(resource_names(renamed).values()) == {frozenset({"gi-leader"})}
+    assert containers_env(one(ha_overlay, "Deployment"))["GADGET_OPERATOR_LEASE_NAME"] == "gadget-operator"
+    assert set(resource_names(ha_overlay).values()) == {frozenset({"gadget-operator"})}
+
+
+def test_chart_with_replicas_and_the_ha_overlay_run_alike(
+    helm_template: Callable[..., list[dict[str, Any]]], ha_overlay: list[dict[str, Any]]
+) -> None:
+    """`kubectl apply -k manifests/overlays/ha` installs what `helm install --set replicaCount=2` does: the
+    same replicas, rollout, operator settings, and the same rules, limited to the same names."""
+    chart = helm_template({"replicaCount": 2})
+    chart_deployment, overlay_deployment = one(chart, "Deployment"), one(ha_overlay, "Deployment")
+    assert overlay_deployment["spec"]["replicas"] == chart_deployment["spec"]["replicas"] == 2
+    assert overlay_deployment["spec"]["strategy"] == chart_deployment["spec"]["strategy"]
+    assert containers_env(overlay_deployment) == containers_env(chart_deployment)
+    assert rbac_rules(ha_overlay) == rbac_rules(chart) == EXPECTED_RULES | {NAMESPACE: LEASE_RULES}
+    assert resource_names(ha_overlay) == resource_names(chart) == LEASE_NAMES
+    # Rule by rule (comments aside), the Lease Roles are the same.
+    chart_role = one(chart, "Role", "gadget-operator-leader-election")
+    overlay_role = one(ha_overlay, "Role", "gadget-operator-leader-election")
+    assert overlay_role["rules"] == chart_role["rules"]
+    assert overlay_role["metadata"]["namespace"] == chart_role["metadata"]["namespace"] == NAMESPACE
 
 
 def test_chart_defaults_and_base_configure_the_operator_alike(
@@ -137,12 +197,14 @@ def deployments(
     chart_custom: list[dict[str, Any]],
     base: list[dict[str, Any]],
     overlay: list[dict[str, Any]],
+    ha_overlay: list[dict[str, Any]],
 ) -> dict[str, Mapping[str, Any]]:
     return {
         "chart default values": one(chart_default, "Deployment"),
         "chart custom values": one(chart_custom, "Deployment"),
         "manifests/base": one(base, "Deployment"),
         "manifests/overlays/standalone-ig": one(overlay, "Deployment"),
+        "manifests/overlays/ha": one(ha_overlay, "Deployment"),
     }
 
 
@@ -224,6 +286,18 @@ def test_the_operator_parses_the_overlay(
     assert all(params[k] for k in ("tls_cert", "tls_key", "tls_ca"))
 
 
+def test_the_operator_parses_the_ha_overlay(
+    ha_overlay: list[dict[str, Any]], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    params = parse_run(containers_env(one(ha_overlay, "Deployment")), [], tmp_path, monkeypatch)
+    assert params["standalone"] is False  # --leader-elect
+    assert (params["lease_name"], params["lease_namespace"]) == ("gadget-operator", NAMESPACE)
+    assert (params["lease_duration"], params["renew_deadline"], params["retry_period"]) == (10, 7.0, 2.0)
+    # What `gadget-operator run` checks before it starts (else it refuses to).
+    assert params["retry_period"] < params["renew_deadline"] < params["lease_duration"]
+    assert params["discovery"] == "pods"
+
+
 def test_the_static_nodes_file_is_one_the_operator_accepts(overlay: list[dict[str, Any]], tmp_path: Path) -> None:
     config_map = one(overlay, "ConfigMap")
     nodes_file = tmp_path / "nodes.yaml"
@@ -233,7 +307,13 @@ def test_the_static_nodes_file_is_one_the_operator_accepts(overlay: list[dict[st
 
 @pytest.mark.parametrize(
     "where",
-    ["chart default values", "chart custom values", "manifests/base", "manifests/overlays/standalone-ig"],
+    [
+        "chart default values",
+        "chart custom values",
+        "manifests/base",
+        "manifests/overlays/standalone-ig",
+        "manifests/overlays/ha",
+    ],
 )
 def test_deployment_is_locked_down(deployments: dict[str, Mapping[str, Any]], where: str) -> None:
     pod = deployments[where]["spec"]["template"]["spec"]

@@ -105,8 +105,15 @@ def test_several_replicas_turn_on_leader_election(chart_custom: list[dict[str, A
     # The Lease lives in the release namespace whatever namespaces are watched: one Role, there.
     role = one(chart_custom, "Role", "gadget-operator-leader-election")
     assert role["metadata"]["namespace"] == NAMESPACE
+    # Reads and renews only its own Lease; creating one cannot be limited to a name.
     assert role["rules"] == [
-        {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": ["get", "create", "update"]}
+        {
+            "apiGroups": ["coordination.k8s.io"],
+            "resources": ["leases"],
+            "resourceNames": ["gadget-operator"],
+            "verbs": ["get", "update"],
+        },
+        {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": ["create"]},
     ]
     assert one(chart_custom, "RoleBinding", "gadget-operator-leader-election")["metadata"]["namespace"] == NAMESPACE
 
@@ -119,7 +126,8 @@ def test_leader_election_with_one_replica_on_request(helm_template: Render) -> N
     env = containers_env(deployment)
     assert env["GADGET_OPERATOR_STANDALONE"] == "false"
     assert (env["GADGET_OPERATOR_LEASE_NAME"], env["GADGET_OPERATOR_LEASE_DURATION"]) == ("gi-leader", "30")
-    assert one(objects, "Role", "gadget-operator-leader-election")
+    role = one(objects, "Role", "gadget-operator-leader-election")
+    assert [rule.get("resourceNames") for rule in role["rules"]] == [["gi-leader"], None]
 
 
 def test_leader_election_timings_are_checked(helm: Path) -> None:

@@ -1,4 +1,5 @@
-"""The kustomize manifests: manifests/base (pods discovery) and overlays/standalone-ig (static, mTLS)."""
+"""The kustomize manifests: manifests/base (pods discovery), overlays/standalone-ig (static, mTLS) and
+overlays/ha (two replicas, leader election)."""
 
 from __future__ import annotations
 
@@ -143,3 +144,93 @@ def test_overlay_keeps_the_rest_of_the_base(base: list[dict[str, Any]], overlay:
     overlay_env = containers_env(one(overlay, "Deployment"))
     for name in ("GADGET_OPERATOR_STANDALONE", "GADGET_OPERATOR_LIVENESS", "GADGET_OPERATOR_METRICS_PORT"):
         assert overlay_env[name] == base_env[name]
+
+
+# -- overlays/ha ----------------------------------------------------------------------------------------------
+
+LEASE_ROLE = "gadget-operator-leader-election"
+
+
+def test_ha_overlay_renders_valid_objects(base: list[dict[str, Any]], ha_overlay: list[dict[str, Any]]) -> None:
+    assert validate_all(ha_overlay) == []
+    kinds = sorted((o["kind"], o["metadata"]["name"]) for o in ha_overlay)
+    assert kinds == sorted(
+        [(o["kind"], o["metadata"]["name"]) for o in base] + [("Role", LEASE_ROLE), ("RoleBinding", LEASE_ROLE)]
+    )
+
+
+def test_ha_overlay_runs_two_replicas_that_elect_a_leader(ha_overlay: list[dict[str, Any]]) -> None:
+    deployment = one(ha_overlay, "Deployment")
+    env = containers_env(deployment)
+    assert deployment["spec"]["replicas"] == 2
+    # Only the Lease holder works: a rollout may run old and new replicas side by side.
+    assert deployment["spec"]["strategy"] == {"type": "RollingUpdate"}
+    assert env["GADGET_OPERATOR_STANDALONE"] == "false"  # --leader-elect
+    assert env["GADGET_OPERATOR_LEASE_NAME"] == "gadget-operator"
+    # The Lease lives where the operator runs, and where its Role is.
+    assert env["GADGET_OPERATOR_LEASE_NAMESPACE"] == deployment["metadata"]["namespace"] == NAMESPACE
+    assert one(ha_overlay, "Role", LEASE_ROLE)["metadata"]["namespace"] == NAMESPACE
+    duration, deadline, retry = (
+        float(env[f"GADGET_OPERATOR_{name}"]) for name in ("LEASE_DURATION", "RENEW_DEADLINE", "RETRY_PERIOD")
+    )
+    assert (duration, deadline, retry) == (10, 7, 2)
+    # A standby takes over within lease duration + 2 retry periods of a crash: 14 s.
+    assert duration + 2 * retry <= 15
+
+
+def test_ha_overlay_role_reads_and_renews_only_its_lease(ha_overlay: list[dict[str, Any]]) -> None:
+    lease = containers_env(one(ha_overlay, "Deployment"))["GADGET_OPERATOR_LEASE_NAME"]
+    role = one(ha_overlay, "Role", LEASE_ROLE)
+    # The operator's calls (operator/gadget_operator/leadership.py): GET and PUT of its Lease, and a POST
+    # that creates it when there is none. RBAC cannot limit a create to a name.
+    assert role["rules"] == [
+        {
+            "apiGroups": ["coordination.k8s.io"],
+            "resources": ["leases"],
+            "resourceNames": [lease],
+            "verbs": ["get", "update"],
+        },
+        {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": ["create"]},
+    ]
+
+
+def test_ha_overlay_binds_the_lease_role_to_the_operator(ha_overlay: list[dict[str, Any]]) -> None:
+    binding = one(ha_overlay, "RoleBinding", LEASE_ROLE)
+    deployment = one(ha_overlay, "Deployment")
+    account = one(ha_overlay, "ServiceAccount")
+    assert binding["metadata"]["namespace"] == one(ha_overlay, "Role", LEASE_ROLE)["metadata"]["namespace"]
+    assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": LEASE_ROLE}
+    assert deployment["spec"]["template"]["spec"]["serviceAccountName"] == account["metadata"]["name"]
+    assert binding["subjects"] == [
+        {"kind": "ServiceAccount", "name": account["metadata"]["name"], "namespace": account["metadata"]["namespace"]}
+    ]
+    assert account["metadata"]["namespace"] == deployment["metadata"]["namespace"]
+
+
+def test_ha_overlay_keeps_the_rest_of_the_base(base: list[dict[str, Any]], ha_overlay: list[dict[str, Any]]) -> None:
+    for obj in base:
+        if obj["kind"] != "Deployment":
+            assert one(ha_overlay, obj["kind"], obj["metadata"]["name"]) == obj
+    base_deployment, ha_deployment = one(base, "Deployment"), one(ha_overlay, "Deployment")
+    # Only replicas, strategy and the leader-election settings differ.
+    assert {k: v for k, v in ha_deployment["spec"].items() if k not in ("replicas", "strategy", "template")} == {
+        k: v for k, v in base_deployment["spec"].items() if k not in ("replicas", "strategy", "template")
+    }
+    base_env, ha_env = containers_env(base_deployment), containers_env(ha_deployment)
+    assert {k: v for k, v in ha_env.items() if k in base_env} == base_env | {"GADGET_OPERATOR_STANDALONE": "false"}
+    assert set(ha_env) - set(base_env) == {
+        "GADGET_OPERATOR_LEASE_NAME",
+        "GADGET_OPERATOR_LEASE_NAMESPACE",
+        "GADGET_OPERATOR_LEASE_DURATION",
+        "GADGET_OPERATOR_RENEW_DEADLINE",
+        "GADGET_OPERATOR_RETRY_PERIOD",
+    }
+    (base_container,) = base_deployment["spec"]["template"]["spec"]["containers"]
+    (ha_container,) = ha_deployment["spec"]["template"]["spec"]["containers"]
+    assert {k: v for k, v in ha_container.items() if k != "env"} == {
+        k: v for k, v in base_container.items() if k != "env"
+    }
+    assert ha_deployment["spec"]["template"]["metadata"] == base_deployment["spec"]["template"]["metadata"]
+    assert {k: v for k, v in ha_deployment["spec"]["template"]["spec"].items() if k != "containers"} == {
+        k: v for k, v in base_deployment["spec"]["template"]["spec"].items() if k != "containers"
+    }

@@ -218,6 +218,7 @@ class RecordedRequest:
     name: str | None = None  # for create: the name of the created object
     content_type: str | None = None
     user_agent: str = ""
+    authorization: str = ""  # the Authorization header as sent (tests check that clients authenticate)
     status: int = 0  # the HTTP status once answered (200 as soon as a watch stream starts)
 
 
@@ -742,6 +743,7 @@ class KubeEmulator:
         record = RecordedRequest(request.method, request.path, dict(request.query))
         record.content_type = request.headers.get("Content-Type")
         record.user_agent = request.headers.get("User-Agent", "")
+        record.authorization = request.headers.get("Authorization", "")
         self.requests.append(record)
         forward = _PORTFORWARD_PATH.fullmatch(request.path)
         if forward is not None and request.method == "GET":
