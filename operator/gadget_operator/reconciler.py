@@ -11,12 +11,10 @@ the whole node against what its daemon lists (``planner.plan_node``) and carries
 (``executor.execute``). Outcomes land in ``self.outcomes`` per (resource, node) and mark the resource
 dirty; the ``StatusWriter`` folds them into the status and writes it when it changed.
 
-Deletion: a GadgetInstance carries the ``gadget-operator.io/cleanup`` finalizer from first sight. Once
-it is being deleted it wants nothing on any node; every ready node is woken and the finalizer goes
-when each of them has been listed clean. With per-node stores a node whose daemon is out of reach
-blocks it too while the node may still hold an instance (``_may_hold``: its daemon pod is restarting,
-or it held one when last seen), and is reported in the status; an unreachable daemon is retried with
-backoff. A node that no longer exists never blocks it.
+Around it, one module per job: ``deletion`` (what a deletion must still clean), ``finalizers`` (added
+and removed through a rate-limited queue), ``dry_run`` (a new spec checked before its first instance),
+``rollout`` (how many nodes start a new spec at once), ``shared_store`` (placement in IG's shared
+store), ``status`` and ``status_writer`` (the status).
 
 Nothing is stored outside the API server and the daemons: a restarted operator rebuilds all of this.
 """
@@ -45,12 +43,14 @@ from gadget_operator import (
 )
 from gadget_operator.daemon import model
 from gadget_operator.daemon.client import DaemonClient, DaemonPool
+from gadget_operator.deletion import Deletions
 from gadget_operator.discovery import Topology
+from gadget_operator.dry_run import DryRuns
 from gadget_operator.finalizers import Finalizers
 from gadget_operator.node_worker import NodeWorker
 from gadget_operator.resource import GadgetInstanceResource, GadgetInstanceSpec
 from gadget_operator.settings import DaemonStore, Settings
-from gadget_operator.shared_store import STORE, SharedPlacement
+from gadget_operator.shared_store import SharedPlacement
 from gadget_operator.status import NodeOutcome, NodeState
 from gadget_operator.status_writer import Rendered, StatusWriter
 
@@ -61,7 +61,6 @@ WARNING_PHASES = frozenset({"Degraded", "Failed"})
 CHECKING = "checking the gadget image and parameters with a dry run on a daemon"
 WAITING_FOR_TURN = "runs the previous spec{old} until its turn in the rolling update"
 REMOVING = "removing the instance"
-WAITING_FOR_DAEMON = "waiting for the gadget daemon on this node to come back to remove the instance"
 _BLOCKED = (NodeState.FAILED, NodeState.UNREACHABLE)
 
 
@@ -89,11 +88,6 @@ class Reconciler:
         self.resources: dict[str, GadgetInstanceResource] = {}
         self.outcomes: dict[str, dict[str, NodeOutcome]] = {}
         """Per resource UID, per node: how its instance stands."""
-        self.cleanup: dict[str, set[str]] = {}
-        """Per resource UID being deleted: the nodes not yet confirmed clean."""
-        self._held_when_lost: dict[str, dict[str, str]] = {}
-        """Per-node stores: per node whose daemon went out of reach while its Node exists, the resources
-        (by UID, their instance's ID) it held when last seen; a deletion waits for that daemon."""
         self.workers: dict[str, NodeWorker] = {}
         self.limits = executor.Limits(settings.executor.max_concurrency, settings.executor.node_concurrency)
         self.writer = StatusWriter(render=self.render_status, write=self._write_status, settings=settings.status)
@@ -105,20 +99,25 @@ class Reconciler:
         self._matching_cache: dict[str, tuple[tuple[int, str], list[str]]] = {}
         self._shared_cache: dict[str, tuple[tuple[int, str, int], planner.DesiredInstance]] = {}
         self._unreachable: set[str] = set()
+        self.deletions = Deletions(self)
         self.finalizers = Finalizers(
             api,
             settings.executor,
             self.resources,
-            deletion_done=lambda uid: uid in self.cleanup and not self.cleanup[uid],
-            released=self._released,
+            deletion_done=self.deletions.done,
+            released=self.deletions.released,
             warn=self._warn,
         )
         self._resources_listed = False
         self._phases: dict[str, str] = {}
-        self.verdicts = validation.Verdicts()
-        """Dry-run results per (image, params): no instance of a spec is created before it passed."""
-        self._checking: set[str] = set()
-        self._check_failures: dict[str, int] = {}
+        self.dry_runs = DryRuns(
+            settings.executor,
+            daemons=topology.ready_nodes,
+            healthy=lambda node: not (w := self.workers.get(node)) or not w.failures,
+            client=pool.get,
+            decided=self._verdict_recorded,
+        )
+        """No instance of a spec is created before its dry run passed."""
         self.rollouts = rollout.Rollouts()
         self.shared = SharedPlacement(self) if settings.discovery.daemon_store is DaemonStore.SHARED else None
         topology.on_change = self.on_topology_change
@@ -128,13 +127,14 @@ class Reconciler:
     def start(self) -> None:
         self._spawn(self.writer.run())
         self.finalizers.start()
+        self.dry_runs.start()
         if self.shared is not None:
             namespace = self.settings.discovery.daemon_namespace
             self._spawn(inventory.follow(self.api, namespace, self.shared.inventory))
             self._spawn(self.shared.run())
-        self.on_topology_change(self._served_nodes())
+        self.on_topology_change(self.served_nodes())
 
-    def _served_nodes(self) -> set[str]:
+    def served_nodes(self) -> set[str]:
         """The nodes whose daemon gets a worker: every node with a Node object and a daemon and, with
         per-node stores, a daemon whose node left the cluster, so that what it still runs of ours is
         removed (nothing is desired there), rather than kept for ever."""
@@ -144,6 +144,7 @@ class Reconciler:
 
     async def stop(self) -> None:
         await self.finalizers.stop()
+        await self.dry_runs.stop()
         tasks = [*self._tasks, *(w.task for w in self.workers.values() if w.task is not None)]
         for task in tasks:
             task.cancel()
@@ -180,24 +181,9 @@ class Reconciler:
             self.writer.mark(uid)
             return
         self._count_phase(uid, str(gi.status.get("phase", "")) or None)
-        if gi.deleting and gi.has_finalizer and uid not in self.cleanup:
+        if gi.deleting and gi.has_finalizer and uid not in self.deletions:
             self._update_desired(gi)
-            if self.shared is not None:
-                # The store is cluster-wide: cleaning it is one place, not one per node.
-                self.cleanup[uid] = {STORE}
-                self.outcomes.pop(uid, None)
-                self.writer.mark(uid)
-                self.shared.wake()
-                return
-            # Every daemon that may hold one of its instances, also one that cannot be reached now
-            # (its pod restarting): that daemon starts again what its store keeps.
-            self.cleanup[uid] = self._served_nodes() | self._out_of_reach_holders(uid)
-            self.writer.mark(uid)
-            self.wake_nodes(self.cleanup[uid])
-            for node in self.cleanup[uid] - self.workers.keys():
-                self._wait_for_daemon(uid, node)
-            if not self.cleanup[uid]:
-                self.finalizers.sync(uid)
+            self.deletions.begin(uid)
             return
         if previous is None or _wants_differ(previous, gi):
             self._check_spec(gi)
@@ -219,12 +205,10 @@ class Reconciler:
             for node in nodes:
                 self._desired.pop(node, None)  # its labels may have changed
         metrics.READY_NODES.set(len(self.topology.ready_nodes()))
-        served = self._served_nodes()
+        served = self.served_nodes()
         for node in nodes:
             if node in served and self.shared is None:
-                self._held_when_lost.pop(node, None)  # reachable again: its listing tells the truth
-                for pending in self.cleanup.values():
-                    pending.add(node)  # a node that (re)appears mid-deletion must be cleaned too
+                self.deletions.node_served(node)
             worker = self.workers.get(node)
             if node in served and worker is None:
                 self._start_worker(node)
@@ -233,7 +217,7 @@ class Reconciler:
             elif node not in served and worker is not None:
                 self._stop_worker(node)
             elif node not in served and self.shared is None:
-                self._recheck_out_of_reach(node)
+                self.deletions.recheck_out_of_reach(node)
         self._spawn(self._drop_unused_clients())
         for gi in self.resources.values():
             self._check_spec(gi)  # a check that waited for a reachable daemon
@@ -281,14 +265,8 @@ class Reconciler:
             if (outcome := per_node.pop(node, None)) is not None:
                 reported[uid] = outcome.instance_id
                 self.writer.mark(uid)
-        if self.shared is None and node in self.topology.labels:
-            # What its daemon held when last seen (listed, else as last reported): a deletion waits for it.
-            self._held_when_lost[node] = _holding(node, worker.actual) if worker.actual is not None else reported
-        for uid in list(self.cleanup):
-            if node in self.cleanup[uid] and self._may_hold(uid, node):
-                self._wait_for_daemon(uid, node)
-            else:
-                self._node_clean(uid, node)
+        # What its daemon held when last seen (listed, else as last reported): a deletion waits for it.
+        self.deletions.node_lost(node, _holding(node, worker.actual) if worker.actual is not None else reported)
 
     def wake_nodes(self, nodes: set[str], *, relist: bool = False) -> None:
         for node in nodes:
@@ -390,11 +368,9 @@ class Reconciler:
         self._record(node, desired, result.outcomes, holding, result.removal_errors)
         self._nudge_rollouts(d.owner.resource_uid for d in desired)
         if result.unreachable is None:
-            self._check_cleanup(node, actual)
+            self.deletions.node_listed(node, actual)
         else:
-            for uid, pending in self.cleanup.items():
-                if node in pending:
-                    self._set_outcome(uid, node, NodeOutcome(node, NodeState.UNREACHABLE, "", result.unreachable))
+            self.deletions.node_unreachable(node, NodeState.UNREACHABLE, result.unreachable)
 
     async def _observe_shared(
         self, worker: NodeWorker, client: DaemonClient, desired: list[planner.DesiredInstance]
@@ -634,22 +610,22 @@ class Reconciler:
             uid for uid in holding if (gi := self.resources.get(uid)) is not None and self._targets(gi, node)
         }
         for uid, outcome in outcomes.items():
-            self._set_outcome(uid, node, NodeOutcome(node, outcome.state, outcome.instance_id, outcome.message))
+            self.set_outcome(uid, node, NodeOutcome(node, outcome.state, outcome.instance_id, outcome.message))
         for uid, per_node in self.outcomes.items():
-            if uid in wanted or uid in self.cleanup:
+            if uid in wanted or uid in self.deletions:
                 continue
             if uid in holding:
                 failure = (removal_errors or {}).get(uid)
                 known = per_node.get(node)
                 if failure:
-                    self._set_outcome(uid, node, NodeOutcome(node, NodeState.FAILED, holding[uid], failure))
+                    self.set_outcome(uid, node, NodeOutcome(node, NodeState.FAILED, holding[uid], failure))
                 elif known is None or known.instance_id != holding[uid] or known.state not in _BLOCKED:
-                    self._set_outcome(uid, node, NodeOutcome(node, NodeState.REMOVING, holding[uid], REMOVING))
+                    self.set_outcome(uid, node, NodeOutcome(node, NodeState.REMOVING, holding[uid], REMOVING))
             elif per_node.pop(node, None) is not None:
                 self.writer.mark(uid)
-        for uid in holding.keys() - wanted - self.outcomes.keys() - self.cleanup.keys():
+        for uid in holding.keys() - wanted - self.outcomes.keys() - self.deletions.pending.keys():
             if uid in self.resources:
-                self._set_outcome(uid, node, NodeOutcome(node, NodeState.REMOVING, holding[uid], REMOVING))
+                self.set_outcome(uid, node, NodeOutcome(node, NodeState.REMOVING, holding[uid], REMOVING))
 
     def _record_unreachable(self, node: str, desired: list[planner.DesiredInstance], error: errors.DaemonError) -> None:
         """Listing failed: nothing is known about the node. A daemon that answered with an error is
@@ -659,10 +635,8 @@ class Reconciler:
         logger.warning("node %s: listing instances failed: %s", node, error)
         message = f"listing instances failed: {error.message}" if answered else str(error)
         for wanted in desired:
-            self._set_outcome(wanted.owner.resource_uid, node, NodeOutcome(node, state, wanted.instance.id, message))
-        for uid, pending in self.cleanup.items():
-            if node in pending:
-                self._set_outcome(uid, node, NodeOutcome(node, state, "", message))
+            self.set_outcome(wanted.owner.resource_uid, node, NodeOutcome(node, state, wanted.instance.id, message))
+        self.deletions.node_unreachable(node, state, message)
         self._may_still_run(node, desired, state, message)
 
     def _give_up_if_gone(self, node: str) -> None:
@@ -670,8 +644,7 @@ class Reconciler:
         are removed if its daemon answers again, and nothing waits for it meanwhile."""
         if node in self.topology.labels:
             return
-        for uid in list(self.cleanup):
-            self._node_clean(uid, node)
+        self.deletions.node_gone(node)
         for uid, per_node in self.outcomes.items():
             if per_node.pop(node, None) is not None:
                 self.writer.mark(uid)
@@ -685,11 +658,11 @@ class Reconciler:
             gi = self.resources.get(uid)
             if gi is not None and self._targets(gi, node):
                 continue  # wanted here by now (``desired`` was taken before the pass's calls)
-            if uid not in wanted and uid not in self.cleanup and known is not None:
+            if uid not in wanted and uid not in self.deletions and known is not None:
                 message = f"may still run an instance that should be removed; {why}"
-                self._set_outcome(uid, node, NodeOutcome(node, state, known.instance_id, message))
+                self.set_outcome(uid, node, NodeOutcome(node, state, known.instance_id, message))
 
-    def _set_outcome(self, uid: str, node: str, outcome: NodeOutcome) -> None:
+    def set_outcome(self, uid: str, node: str, outcome: NodeOutcome) -> None:
         per_node = self.outcomes.setdefault(uid, {})
         previous = per_node.get(node)
         if previous is not None and (previous.state, previous.instance_id, previous.message) == (
@@ -712,7 +685,7 @@ class Reconciler:
         and how to fold its nodes' outcomes into a status (``status.compute_status``, done only when the
         writer may write it)."""
         gi = self.resources.get(uid)
-        if gi is None or (gi.deleting and uid not in self.cleanup):
+        if gi is None or (gi.deleting and uid not in self.deletions):
             return None
         outcomes = self.outcomes.get(uid, {})
 
@@ -740,7 +713,7 @@ class Reconciler:
                 gi.status,
                 settled=not outcomes,
             )
-        verdict = self.verdicts.get(spec)
+        verdict = self.dry_runs.verdicts.get(spec)
         if verdict is not None and not verdict.accepted:
             message = f"the gadget rejected this spec (dry run on node {verdict.node}): {verdict.message}"
             return Rendered(lambda: status.compute_status(observed(), rejected=message), gi.status, settled=True)
@@ -811,61 +784,6 @@ class Reconciler:
 
     # -- deletion ----------------------------------------------------------------------------------
 
-    def _may_hold(self, uid: str, node: str) -> bool:
-        """Per-node stores: whether ``node``, whose daemon cannot be reached now, may still hold an
-        instance of ``uid``: its Node exists, and its daemon was seen holding one or has a pod that is
-        not usable yet (restarting, rolling out), which starts again what its store keeps. A node that
-        no longer exists never holds a deletion up."""
-        if node not in self.topology.labels:
-            return False
-        return self.topology.has_daemon(node) or uid in self._held_when_lost.get(node, {})
-
-    def _out_of_reach_holders(self, uid: str) -> set[str]:
-        """The nodes without a reachable daemon that ``_may_hold`` an instance of ``uid``."""
-        candidates = self.topology.daemon_nodes() | self._held_when_lost.keys()
-        return {node for node in candidates if node not in self.workers and self._may_hold(uid, node)}
-
-    def _wait_for_daemon(self, uid: str, node: str) -> None:
-        """Say in ``uid``'s status why its deletion waits for ``node``."""
-        instance_id = self._held_when_lost.get(node, {}).get(uid, "")
-        self._set_outcome(uid, node, NodeOutcome(node, NodeState.UNREACHABLE, instance_id, WAITING_FOR_DAEMON))
-
-    def _recheck_out_of_reach(self, node: str) -> None:
-        """A node without a reachable daemon changed (its Node or its daemon pod went, or a pod came that
-        is not usable yet): the deletions waiting for it stop waiting once it cannot hold anything."""
-        if node not in self.topology.labels:
-            self._held_when_lost.pop(node, None)
-        for uid in list(self.cleanup):
-            if node in self.cleanup[uid] and not self._may_hold(uid, node):
-                self._node_clean(uid, node)
-
-    def _check_cleanup(self, node: str, actual: Mapping[str, model.GadgetInstance]) -> None:
-        holding: set[str] = set()
-        for instance in actual.values():
-            owner = identity.parse_ownership(instance.tags)
-            if owner is not None and owner.node == node:
-                holding.add(owner.resource_uid)
-        for uid in list(self.cleanup):
-            if node not in self.cleanup[uid]:
-                continue
-            if uid in holding:
-                self._set_outcome(uid, node, NodeOutcome(node, NodeState.REMOVING))
-            else:
-                self._node_clean(uid, node)
-        for uid in [uid for uid, pending in self.cleanup.items() if not pending]:
-            self.finalizers.sync(uid)
-
-    def _node_clean(self, uid: str, node: str) -> None:
-        self.cleanup[uid].discard(node)
-        if self.outcomes.get(uid, {}).pop(node, None) is not None:
-            self.writer.mark(uid)
-        if not self.cleanup[uid]:
-            self.finalizers.sync(uid)
-
-    def _released(self, uid: str) -> None:
-        """The finalizer of a resource whose deletion is complete is gone."""
-        self.cleanup.pop(uid, None)
-
     def _count_phase(self, uid: str, phase: str | None) -> None:
         """Keep the resources-by-phase gauge: ``phase`` None when the resource is gone."""
         if self._phases.get(uid) == phase:
@@ -886,7 +804,7 @@ class Reconciler:
         self.rollouts.forget(uid)
         gi = self.resources.pop(uid, None)
         self.outcomes.pop(uid, None)
-        self.cleanup.pop(uid, None)
+        self.deletions.forget(uid)
         self.writer.forget(uid)
         if gi is not None and gi.has_finalizer and not gi.deleting:
             # Gone without our cleanup (finalizer removed by hand): sweep its orphans now.
@@ -1052,48 +970,19 @@ class Reconciler:
             message = f"cannot remove the instance from IG's store: {message}"
         outcome = NodeOutcome("", NodeState.UNREACHABLE if unreachable else NodeState.FAILED, instance_id, message)
         for node in nodes:
-            self._set_outcome(uid, node, replace(outcome, node=node))
-
-    def finish_shared_cleanups(self, holders: set[str]) -> None:
-        """Deletions whose resource has no instance left in the shared store are done."""
-        for uid in [uid for uid in self.cleanup if uid not in holders]:
-            self.cleanup[uid].discard(STORE)
-            self.outcomes.pop(uid, None)
-            if not self.cleanup[uid]:
-                self.finalizers.sync(uid)
+            self.set_outcome(uid, node, replace(outcome, node=node))
 
     # -- the dry run before a spec's first instance ------------------------------------------------
 
     def _accepted(self, spec: GadgetInstanceSpec) -> bool:
-        verdict = self.verdicts.get(spec)
-        return verdict is not None and verdict.accepted
+        return self.dry_runs.accepted(spec)
 
     def _check_spec(self, gi: GadgetInstanceResource) -> None:
-        """Start the dry run of ``gi``'s spec unless its verdict is known or being found."""
-        spec = gi.spec
-        if not gi.active or spec is None or self.verdicts.get(spec) is not None:
-            return
-        key = validation.check_key(spec)
-        if key in self._checking or not self.topology.ready_nodes():
-            return  # running already, or waiting for a daemon (a topology change retries)
-        self._checking.add(key)
-        self._spawn(self._run_check(spec, key))
+        if gi.active and gi.spec is not None:
+            self.dry_runs.check(gi.spec)
 
-    async def _run_check(self, spec: GadgetInstanceSpec, key: str) -> None:
-        try:
-            verdict = await self._dry_run(spec)
-        finally:
-            self._checking.discard(key)
-        if verdict is None:
-            failures = self._check_failures[key] = self._check_failures.get(key, 0) + 1
-            config = self.settings.executor
-            delay = min(config.backoff_initial * 2.0 ** (failures - 1), config.backoff_max)
-            asyncio.get_running_loop().call_later(delay, self._recheck_specs)
-            return
-        self._check_failures.pop(key, None)
-        self.verdicts.put(spec, verdict)
-        if not verdict.accepted:
-            logger.warning("the gadget rejected %s with %s: %s", spec.image, dict(spec.params), verdict.message)
+    def _verdict_recorded(self, key: str) -> None:
+        """The resources of a spec that was checked may now run (or are Failed): look again."""
         for gi in list(self.resources.values()):
             if gi.spec is not None and validation.check_key(gi.spec) == key:
                 self._update_desired(gi)
@@ -1101,26 +990,6 @@ class Reconciler:
                 self.wake_nodes({node for node in self.workers if self._targets(gi, node)})
         if self.shared is not None:
             self.shared.wake()
-
-    def _recheck_specs(self) -> None:
-        for gi in list(self.resources.values()):
-            self._check_spec(gi)
-
-    async def _dry_run(self, spec: GadgetInstanceSpec) -> validation.Verdict | None:
-        """The verdict of one reachable daemon, or None when none could be asked."""
-        ready = self.topology.ready_nodes()
-        healthy = [node for node in ready if not (w := self.workers.get(node)) or not w.failures]
-        for node in validation.dry_run_order(spec, healthy or ready)[:3]:
-            client = self.pool.get(ready[node])
-            try:
-                await client.get_gadget_info(spec.image, spec.params, deadline=self.settings.executor.validate_timeout)
-            except errors.DaemonUnreachable as error:
-                logger.info("dry run of %s on %s: %s; trying another daemon", spec.image, node, error)
-                continue
-            except errors.DaemonError as error:
-                return validation.Verdict(accepted=False, node=node, message=error.message)
-            return validation.Verdict(accepted=True, node=node)
-        return None
 
 
 def _holding(node: str, instances: Mapping[str, model.GadgetInstance]) -> dict[str, str]:

@@ -37,8 +37,6 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-STORE = "<store>"
-"""Stands for the whole shared store in a deletion's set of places still to clean."""
 MAX_DAEMONS_TRIED = 3
 """Daemons tried in turn for one store write before it counts as failed for this pass."""
 
@@ -115,7 +113,7 @@ class SharedPlacement:
         await executor.each(plan.removals, remove, width)
         rec.wake_nodes(touched, relist=True)
         self._failures = self._failures + 1 if any(failed) else 0
-        rec.finish_shared_cleanups(self.holders())
+        rec.deletions.store_clean_of(self.holders())
 
     def holders(self) -> set[str]:
         """The resources that still have an instance in the store."""
@@ -192,7 +190,7 @@ class SharedPlacement:
             self.inventory.removed(removal.instance_id)
             touched |= runs_on
             return True
-        if last is not None and removal.owner.resource_uid in self.rec.cleanup:
+        if last is not None and removal.owner.resource_uid in self.rec.deletions:
             self.rec.record_store_failure(removal.owner.resource_uid, "", runs_on or set(ready), last, removing=True)
         return last is None
 

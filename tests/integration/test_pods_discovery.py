@@ -22,7 +22,7 @@ import aiohttp
 import pytest
 
 from gadget_operator.daemon.client import DaemonPool
-from gadget_operator.reconciler import WAITING_FOR_DAEMON
+from gadget_operator.deletion import WAITING_FOR_DAEMON
 from gadget_operator.resource import FINALIZER
 from gadget_operator.simulator.configmap_store import ConfigMapStore
 from gadget_operator.simulator.server import Fleet
