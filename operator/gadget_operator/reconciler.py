@@ -118,7 +118,7 @@ class Reconciler:
             decided=self._verdict_recorded,
         )
         """No instance of a spec is created before its dry run passed."""
-        self.rollouts = rollout.Rollouts()
+        self.rollouts = rollout.RollingUpdates(self)
         self.shared = SharedPlacement(self) if settings.discovery.daemon_store is DaemonStore.SHARED else None
         topology.on_change = self.on_topology_change
 
@@ -331,7 +331,7 @@ class Reconciler:
         # This pass's view: a relist asked for meanwhile (``wake(relist=True)`` resets ``worker.actual``)
         # is for the next pass, not a reason to lose what this one knows.
         actual = worker.actual
-        to_plan, waiting = self._hold_back_for_rollouts(node, desired, actual)
+        to_plan, waiting = self.rollouts.hold_back(node, desired, actual)
         plan = planner.plan_node(
             node,
             to_plan,
@@ -366,7 +366,7 @@ class Reconciler:
                 message = WAITING_FOR_TURN.format(old=f" (instance {old_id})")
                 result.outcomes[uid] = executor.InstanceOutcome(NodeState.PENDING, "", message)
         self._record(node, desired, result.outcomes, holding, result.removal_errors)
-        self._nudge_rollouts(d.owner.resource_uid for d in desired)
+        self.rollouts.nudge(d.owner.resource_uid for d in desired)
         if result.unreachable is None:
             self.deletions.node_listed(node, actual)
         else:
@@ -392,7 +392,7 @@ class Reconciler:
         to_judge: list[planner.DesiredInstance] = []
         for wanted in desired:
             instance_id = wanted.instance.id
-            plan = self.rollouts.get(wanted.owner.resource_uid)
+            plan = self.rollouts.registry.get(wanted.owner.resource_uid)
             if plan is not None and plan.nodes is not None and node not in plan.nodes:
                 outcomes[wanted.owner.resource_uid] = executor.InstanceOutcome(
                     NodeState.PENDING, "", WAITING_FOR_TURN.format(old="")
@@ -418,7 +418,7 @@ class Reconciler:
                 message = f"{outcome.message} (the previous spec's instance {previous} keeps running)"
                 outcomes[uid] = executor.InstanceOutcome(NodeState.FAILED, outcome.instance_id, message)
         self._record(node, desired, outcomes, _holding(node, here))
-        self._nudge_rollouts(d.owner.resource_uid for d in desired)
+        self.rollouts.nudge(d.owner.resource_uid for d in desired)
 
     async def _judge(
         self,
@@ -487,96 +487,6 @@ class Reconciler:
             if outcome is not None and outcome.instance_id == replacement and outcome.state is NodeState.FAILED:
                 message = f"{outcome.message} (the previous spec's instance {removal.instance_id} keeps running)"
                 outcomes[uid] = executor.InstanceOutcome(NodeState.FAILED, replacement, message)
-
-    # -- rolling updates ---------------------------------------------------------------------------
-
-    def _rollout(self, gi: GadgetInstanceResource) -> rollout.Rollout | None:
-        spec = gi.spec
-        if spec is None:
-            return None
-        return self.rollouts.of(gi.uid, spec.digest, rolling=spec.update_strategy.rolling)
-
-    def _rollout_inputs(self, gi: GadgetInstanceResource, plan: rollout.Rollout) -> tuple[int, set[str], set[str]]:
-        """(batch size, target nodes, updating nodes whose new instance failed) of ``gi``'s rollout."""
-        assert gi.spec is not None
-        targets = set(self._rollout_targets(gi, gi.spec))
-        outcomes = self.outcomes.get(gi.uid, {})
-        failed = {
-            node
-            for node in plan.updating(targets)
-            if (o := outcomes.get(node)) is not None and o.state is NodeState.FAILED
-        }
-        return gi.spec.update_strategy.batch_size(len(targets)), targets, failed
-
-    def _rollout_targets(self, gi: GadgetInstanceResource, spec: GadgetInstanceSpec) -> list[str]:
-        if self.shared is None:
-            return self._matching_nodes(gi, spec)
-        return [node for node, labels in self.topology.labels.items() if spec.targets(node, labels)]
-
-    def _hold_back_for_rollouts(
-        self, node: str, desired: list[planner.DesiredInstance], actual: Mapping[str, model.GadgetInstance]
-    ) -> tuple[list[planner.DesiredInstance], dict[str, str]]:
-        """Per-node store: the desired instances this node may start now, and the rolling resources
-        whose new spec must wait here (by UID, the older instance that keeps running meanwhile)."""
-        older: dict[str, list[str]] = {}
-        for instance in actual.values():
-            owner = identity.parse_ownership(instance.tags)
-            if owner is not None and owner.node == node:
-                older.setdefault(owner.resource_uid, []).append(instance.id)
-        to_plan: list[planner.DesiredInstance] = []
-        waiting: dict[str, str] = {}
-        for wanted in desired:
-            uid, instance_id = wanted.owner.resource_uid, wanted.instance.id
-            gi = self.resources.get(uid)
-            plan = self._rollout(gi) if gi is not None else None
-            previous = [i for i in older.get(uid, ()) if i != instance_id]
-            if gi is None or plan is None or not previous:
-                to_plan.append(wanted)  # not rolling, or nothing runs here to protect
-            elif instance_id in actual:
-                plan.readmit(node)
-                to_plan.append(wanted)
-            elif self._rollout_seen_everywhere(gi) and plan.admit(node, **self._admission(gi, plan)):
-                to_plan.append(wanted)
-            else:
-                plan.waiting.add(node)
-                waiting[uid] = previous[0]
-        return to_plan, waiting
-
-    def _admission(self, gi: GadgetInstanceResource, plan: rollout.Rollout) -> dict[str, Any]:
-        batch, targets, failed = self._rollout_inputs(gi, plan)
-        return {"batch": batch, "targets": targets, "failed": failed}
-
-    def _rollout_seen_everywhere(self, gi: GadgetInstanceResource) -> bool:
-        """Per-node store: every target node has reported on the resource since this process started,
-        so the nodes already running the new spec are known and the batch cannot be exceeded."""
-        assert gi.spec is not None
-        outcomes = self.outcomes.get(gi.uid, {})
-        return all(node in outcomes for node in self._matching_nodes(gi, gi.spec))
-
-    def _nudge_rollouts(self, uids: Iterable[str]) -> None:
-        """Wake the nodes waiting for their turn in a rollout that can take more nodes now."""
-        for uid in set(uids):
-            plan = self.rollouts.get(uid)
-            gi = self.resources.get(uid)
-            if plan is None or not plan.waiting or gi is None or gi.spec is None:
-                continue
-            batch, targets, failed = self._rollout_inputs(gi, plan)
-            if failed or len(plan.updating(targets)) >= batch:
-                continue
-            if self.shared is not None:
-                self.shared.wake()
-            elif self._rollout_seen_everywhere(gi):
-                self.wake_nodes(plan.waiting)
-
-    def _note_updated(self, uid: str, node: str, outcome: NodeOutcome) -> None:
-        """A node proven running the current spec leaves its rollout's batch for good."""
-        plan = self.rollouts.get(uid)
-        gi = self.resources.get(uid)
-        if plan is None or gi is None or gi.spec is None or outcome.state is not NodeState.RUNNING:
-            return
-        if node not in plan.updated and outcome.instance_id == self.expected_instance_id(gi, gi.spec, node):
-            plan.updated.add(node)
-            self._nudge_rollouts((uid,))
 
     def _recheck(self, worker: NodeWorker) -> None:
         """Look at the node again soon: a gadget still starting, or an error IG reports only after
@@ -674,7 +584,7 @@ class Reconciler:
         since = previous.since if previous is not None and previous.state == outcome.state else self.clock()
         per_node[node] = NodeOutcome(node, outcome.state, outcome.instance_id, outcome.message, since)
         self.writer.mark(uid)
-        self._note_updated(uid, node, outcome)
+        self.rollouts.note_outcome(uid, node, outcome)
         if self.shared is not None and self.shared.waiting:
             self.shared.wake()  # an old instance may go once its replacement has taken over here
 
@@ -741,17 +651,10 @@ class Reconciler:
                 else:
                     current[node] = NodeOutcome(node, NodeState.PENDING, message="no gadget daemon found on this node")
             return status.compute_status(
-                observed(), desired_nodes=desired_nodes, outcomes=current, rollout=self._rollout_progress(gi)
+                observed(), desired_nodes=desired_nodes, outcomes=current, rollout=self.rollouts.progress(gi)
             )
 
         return Rendered(running_status, gi.status, settled=settled)
-
-    def _rollout_progress(self, gi: GadgetInstanceResource) -> rollout.Progress | None:
-        plan = self.rollouts.get(gi.uid)
-        if plan is None or gi.spec is None or plan.digest != gi.spec.digest:
-            return None
-        batch, targets, failed = self._rollout_inputs(gi, plan)
-        return plan.progress(batch=batch, targets=targets, failed=failed)
 
     async def _write_status(self, uid: str, new: dict[str, Any]) -> None:
         gi = self.resources.get(uid)
@@ -801,7 +704,7 @@ class Reconciler:
         for desired in self._desired.values():
             desired.pop(uid, None)
         self._matching_cache.pop(uid, None)
-        self.rollouts.forget(uid)
+        self.rollouts.registry.forget(uid)
         gi = self.resources.pop(uid, None)
         self.outcomes.pop(uid, None)
         self.deletions.forget(uid)
@@ -879,7 +782,7 @@ class Reconciler:
         gi = self.resources.get(uid)
         if gi is None or not gi.active or gi.spec is None or not self._accepted(gi.spec):
             return None
-        plan = self.rollouts.get(uid)
+        plan = self.rollouts.registry.get(uid)
         step = plan.nodes if plan is not None and plan.digest == gi.spec.digest else None
         key = (self._topology_version, gi.resource_version, plan.version if plan is not None else 0)
         cached = self._shared_cache.get(uid)
@@ -926,39 +829,6 @@ class Reconciler:
             for per_node in self.outcomes.values()
             if (o := per_node.get(node)) is not None
         )
-
-    def advance_shared_rollouts(self, stored: Iterable[model.GadgetInstance]) -> set[str]:
-        """Shared store: admit the next nodes of every rolling update. While a rollout has not reached
-        every node that runs an older spec, the new spec's one instance covers the nodes that ran
-        nothing of it plus the admitted ones; returns the resources in that state."""
-        nodes_by_spec: dict[tuple[str, str], set[str]] = {}
-        cluster = self.topology.labels.keys()
-        for instance in stored:
-            owner = identity.parse_ownership(instance.tags)
-            if owner is not None:
-                key = (owner.resource_uid, owner.spec_hash)
-                nodes_by_spec.setdefault(key, set()).update(planner.runs_on(instance, owner, cluster))
-        partial: set[str] = set()
-        for uid, gi in self.resources.items():
-            spec = gi.spec
-            plan = self._rollout(gi) if gi.active and spec is not None and self._accepted(spec) else None
-            if plan is None or spec is None:
-                continue
-            targets = set(self._rollout_targets(gi, spec))
-            older = set().union(*(n for (owner, h), n in nodes_by_spec.items() if owner == uid and h != spec.digest))
-            older &= targets
-            for node in nodes_by_spec.get((uid, spec.digest), set()) & older:
-                plan.readmit(node)
-            for node in sorted(older - plan.admitted):
-                plan.admit(node, **self._admission(gi, plan))
-            step = None if older <= plan.admitted else frozenset((targets - older) | plan.admitted)
-            if step != plan.nodes:
-                plan.nodes = step
-                plan.version += 1
-                self._update_desired(gi)
-            if step is not None:
-                partial.add(uid)
-        return partial
 
     def record_store_failure(
         self, uid: str, instance_id: str, nodes: set[str], error: errors.DaemonError, *, removing: bool = False

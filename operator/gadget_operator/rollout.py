@@ -14,37 +14,17 @@ never exceeded.
 
 from __future__ import annotations
 
-from collections.abc import Collection
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
+from gadget_operator import identity, planner
+from gadget_operator.daemon import model
+from gadget_operator.resource import GadgetInstanceResource, GadgetInstanceSpec
+from gadget_operator.status import NodeOutcome, NodeState, Progress
 
-@dataclass(frozen=True, slots=True)
-class Progress:
-    """A rollout as the status shows it."""
-
-    max_surge: int
-    updated: int
-    updating: int
-    waiting: int
-    halted: bool
-
-    def describe(self) -> str:
-        text = (
-            f"rolling update: {self.updated} node(s) updated, {self.updating} updating, "
-            f"{self.waiting} waiting with the previous spec (at most {self.max_surge} at once)"
-        )
-        if self.halted:
-            text += "; halted because the new spec failed: fix the spec to resume"
-        return text
-
-    def as_status(self) -> dict[str, object]:
-        return {
-            "maxSurge": self.max_surge,
-            "updatedNodes": self.updated,
-            "updatingNodes": self.updating,
-            "waitingNodes": self.waiting,
-            "halted": self.halted,
-        }
+if TYPE_CHECKING:
+    from gadget_operator.reconciler import Reconciler
 
 
 @dataclass(slots=True)
@@ -123,3 +103,140 @@ class Rollouts:
 
     def forget(self, uid: str) -> None:
         self._by_uid.pop(uid, None)
+
+
+class RollingUpdates:
+    """The reconciler's rolling updates: admission per node (per-node stores) or per step of the one
+    instance (shared store), the wake-ups when a batch frees up, and the progress the status shows."""
+
+    def __init__(self, reconciler: Reconciler) -> None:
+        self.rec = reconciler
+        self.registry = Rollouts()
+
+    def of(self, gi: GadgetInstanceResource) -> Rollout | None:
+        spec = gi.spec
+        if spec is None:
+            return None
+        return self.registry.of(gi.uid, spec.digest, rolling=spec.update_strategy.rolling)
+
+    def _inputs(self, gi: GadgetInstanceResource, plan: Rollout) -> tuple[int, set[str], set[str]]:
+        """(batch size, target nodes, updating nodes whose new instance failed) of ``gi``'s rollout."""
+        assert gi.spec is not None
+        targets = set(self._targets(gi, gi.spec))
+        outcomes = self.rec.outcomes.get(gi.uid, {})
+        failed = {
+            node
+            for node in plan.updating(targets)
+            if (o := outcomes.get(node)) is not None and o.state is NodeState.FAILED
+        }
+        return gi.spec.update_strategy.batch_size(len(targets)), targets, failed
+
+    def _targets(self, gi: GadgetInstanceResource, spec: GadgetInstanceSpec) -> list[str]:
+        if self.rec.shared is None:
+            return self.rec._matching_nodes(gi, spec)
+        return [node for node, labels in self.rec.topology.labels.items() if spec.targets(node, labels)]
+
+    def hold_back(
+        self, node: str, desired: list[planner.DesiredInstance], actual: Mapping[str, model.GadgetInstance]
+    ) -> tuple[list[planner.DesiredInstance], dict[str, str]]:
+        """Per-node store: the desired instances this node may start now, and the rolling resources
+        whose new spec must wait here (by UID, the older instance that keeps running meanwhile)."""
+        older: dict[str, list[str]] = {}
+        for instance in actual.values():
+            owner = identity.parse_ownership(instance.tags)
+            if owner is not None and owner.node == node:
+                older.setdefault(owner.resource_uid, []).append(instance.id)
+        to_plan: list[planner.DesiredInstance] = []
+        waiting: dict[str, str] = {}
+        for wanted in desired:
+            uid, instance_id = wanted.owner.resource_uid, wanted.instance.id
+            gi = self.rec.resources.get(uid)
+            plan = self.of(gi) if gi is not None else None
+            previous = [i for i in older.get(uid, ()) if i != instance_id]
+            if gi is None or plan is None or not previous:
+                to_plan.append(wanted)  # not rolling, or nothing runs here to protect
+            elif instance_id in actual:
+                plan.readmit(node)
+                to_plan.append(wanted)
+            elif self._seen_everywhere(gi) and plan.admit(node, **self._admission(gi, plan)):
+                to_plan.append(wanted)
+            else:
+                plan.waiting.add(node)
+                waiting[uid] = previous[0]
+        return to_plan, waiting
+
+    def _admission(self, gi: GadgetInstanceResource, plan: Rollout) -> dict[str, Any]:
+        batch, targets, failed = self._inputs(gi, plan)
+        return {"batch": batch, "targets": targets, "failed": failed}
+
+    def _seen_everywhere(self, gi: GadgetInstanceResource) -> bool:
+        """Per-node store: every target node has reported on the resource since this process started,
+        so the nodes already running the new spec are known and the batch cannot be exceeded."""
+        assert gi.spec is not None
+        outcomes = self.rec.outcomes.get(gi.uid, {})
+        return all(node in outcomes for node in self.rec._matching_nodes(gi, gi.spec))
+
+    def nudge(self, uids: Iterable[str]) -> None:
+        """Wake the nodes waiting for their turn in a rollout that can take more nodes now."""
+        for uid in set(uids):
+            plan = self.registry.get(uid)
+            gi = self.rec.resources.get(uid)
+            if plan is None or not plan.waiting or gi is None or gi.spec is None:
+                continue
+            batch, targets, failed = self._inputs(gi, plan)
+            if failed or len(plan.updating(targets)) >= batch:
+                continue
+            if self.rec.shared is not None:
+                self.rec.shared.wake()
+            elif self._seen_everywhere(gi):
+                self.rec.wake_nodes(plan.waiting)
+
+    def note_outcome(self, uid: str, node: str, outcome: NodeOutcome) -> None:
+        """A node proven running the current spec leaves its rollout's batch for good."""
+        plan = self.registry.get(uid)
+        gi = self.rec.resources.get(uid)
+        if plan is None or gi is None or gi.spec is None or outcome.state is not NodeState.RUNNING:
+            return
+        if node not in plan.updated and outcome.instance_id == self.rec.expected_instance_id(gi, gi.spec, node):
+            plan.updated.add(node)
+            self.nudge((uid,))
+
+    def advance_shared(self, stored: Iterable[model.GadgetInstance]) -> set[str]:
+        """Shared store: admit the next nodes of every rolling update. While a rollout has not reached
+        every node that runs an older spec, the new spec's one instance covers the nodes that ran
+        nothing of it plus the admitted ones; returns the resources in that state."""
+        nodes_by_spec: dict[tuple[str, str], set[str]] = {}
+        cluster = self.rec.topology.labels.keys()
+        for instance in stored:
+            owner = identity.parse_ownership(instance.tags)
+            if owner is not None:
+                key = (owner.resource_uid, owner.spec_hash)
+                nodes_by_spec.setdefault(key, set()).update(planner.runs_on(instance, owner, cluster))
+        partial: set[str] = set()
+        for uid, gi in self.rec.resources.items():
+            spec = gi.spec
+            plan = self.of(gi) if gi.active and spec is not None and self.rec._accepted(spec) else None
+            if plan is None or spec is None:
+                continue
+            targets = set(self._targets(gi, spec))
+            older = set().union(*(n for (owner, h), n in nodes_by_spec.items() if owner == uid and h != spec.digest))
+            older &= targets
+            for node in nodes_by_spec.get((uid, spec.digest), set()) & older:
+                plan.readmit(node)
+            for node in sorted(older - plan.admitted):
+                plan.admit(node, **self._admission(gi, plan))
+            step = None if older <= plan.admitted else frozenset((targets - older) | plan.admitted)
+            if step != plan.nodes:
+                plan.nodes = step
+                plan.version += 1
+                self.rec._update_desired(gi)
+            if step is not None:
+                partial.add(uid)
+        return partial
+
+    def progress(self, gi: GadgetInstanceResource) -> Progress | None:
+        plan = self.registry.get(gi.uid)
+        if plan is None or gi.spec is None or plan.digest != gi.spec.digest:
+            return None
+        batch, targets, failed = self._inputs(gi, plan)
+        return plan.progress(batch=batch, targets=targets, failed=failed)

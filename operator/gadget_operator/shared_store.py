@@ -85,7 +85,7 @@ class SharedPlacement:
         rec = self.rec
         ready = rec.topology.ready_nodes()
         stored = list(self.inventory.instances.values())
-        partial = rec.advance_shared_rollouts(stored)
+        partial = rec.rollouts.advance_shared(stored)
         desired = {uid: d for uid in rec.resources if (d := rec.shared_desired(uid)) is not None}
         plan = planner.plan_store(
             desired,

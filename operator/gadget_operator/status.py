@@ -16,7 +16,6 @@ from datetime import datetime
 from typing import Any
 
 from gadget_operator.conditions import Condition, clip, format_time, merge_conditions
-from gadget_operator.rollout import Progress
 
 
 class NodeState(enum.StrEnum):
@@ -62,6 +61,35 @@ class NodeOutcome:
     instance_id: str = ""
     message: str = ""
     since: datetime | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Progress:
+    """A rolling update as the status shows it (``rollout``)."""
+
+    max_surge: int
+    updated: int
+    updating: int
+    waiting: int
+    halted: bool
+
+    def describe(self) -> str:
+        text = (
+            f"rolling update: {self.updated} node(s) updated, {self.updating} updating, "
+            f"{self.waiting} waiting with the previous spec (at most {self.max_surge} at once)"
+        )
+        if self.halted:
+            text += "; halted because the new spec failed: fix the spec to resume"
+        return text
+
+    def as_status(self) -> dict[str, object]:
+        return {
+            "maxSurge": self.max_surge,
+            "updatedNodes": self.updated,
+            "updatingNodes": self.updating,
+            "waitingNodes": self.waiting,
+            "halted": self.halted,
+        }
 
 
 @dataclass(frozen=True, slots=True)

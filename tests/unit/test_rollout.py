@@ -6,6 +6,7 @@ import pytest
 
 from gadget_operator import rollout
 from gadget_operator.resource import UpdateStrategy, UpdateStrategyType, parse_spec
+from gadget_operator.status import Progress
 
 NODES = {f"n{i}" for i in range(10)}
 ROLLING = UpdateStrategyType.ROLLING_UPDATE
@@ -37,7 +38,7 @@ def test_nodes_are_admitted_a_batch_at_a_time_as_earlier_ones_are_proven() -> No
     assert plan.admit("n5", batch=2, targets=NODES, failed=())
     assert not plan.admit("n6", batch=2, targets=NODES, failed=())
     progress = plan.progress(batch=2, targets=NODES, failed=())
-    assert progress == rollout.Progress(max_surge=2, updated=1, updating=2, waiting=7, halted=False)
+    assert progress == Progress(max_surge=2, updated=1, updating=2, waiting=7, halted=False)
 
 
 def test_a_failure_in_the_batch_halts_the_rollout_even_with_room_left() -> None:
