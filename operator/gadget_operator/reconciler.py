@@ -26,7 +26,6 @@ import logging
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import replace
 from datetime import UTC, datetime
-from typing import Any
 
 from gadget_operator import (
     errors,
@@ -38,27 +37,26 @@ from gadget_operator import (
     planner,
     readiness,
     rollout,
-    status,
     validation,
 )
 from gadget_operator.daemon import model
 from gadget_operator.daemon.client import DaemonClient, DaemonPool
 from gadget_operator.deletion import Deletions
+from gadget_operator.desired import DesiredIndex
 from gadget_operator.discovery import Topology
 from gadget_operator.dry_run import DryRuns
 from gadget_operator.finalizers import Finalizers
 from gadget_operator.node_worker import NodeWorker
-from gadget_operator.resource import GadgetInstanceResource, GadgetInstanceSpec
+from gadget_operator.resource import GadgetInstanceResource
 from gadget_operator.settings import DaemonStore, Settings
 from gadget_operator.shared_store import SharedPlacement
 from gadget_operator.status import NodeOutcome, NodeState
-from gadget_operator.status_writer import Rendered, StatusWriter
+from gadget_operator.status_report import StatusReport
+from gadget_operator.status_writer import StatusWriter
 
 logger = logging.getLogger(__name__)
 
 Clock = Callable[[], datetime]
-WARNING_PHASES = frozenset({"Degraded", "Failed"})
-CHECKING = "checking the gadget image and parameters with a dry run on a daemon"
 WAITING_FOR_TURN = "runs the previous spec{old} until its turn in the rolling update"
 REMOVING = "removing the instance"
 _BLOCKED = (NodeState.FAILED, NodeState.UNREACHABLE)
@@ -90,14 +88,10 @@ class Reconciler:
         """Per resource UID, per node: how its instance stands."""
         self.workers: dict[str, NodeWorker] = {}
         self.limits = executor.Limits(settings.executor.max_concurrency, settings.executor.node_concurrency)
-        self.writer = StatusWriter(render=self.render_status, write=self._write_status, settings=settings.status)
+        self.report = StatusReport(self)
+        self.writer = StatusWriter(render=self.report.render, write=self.report.write, settings=settings.status)
         self._tasks: set[asyncio.Task[None]] = set()
-        # Each node's desired instances (by resource UID) and each resource's matching nodes are kept
-        # and updated when their inputs change, not recomputed on every pass and every render.
-        self._desired: dict[str, dict[str, planner.DesiredInstance]] = {}
-        self._topology_version = 0
-        self._matching_cache: dict[str, tuple[tuple[int, str], list[str]]] = {}
-        self._shared_cache: dict[str, tuple[tuple[int, str, int], planner.DesiredInstance]] = {}
+        self.desired = DesiredIndex(self)
         self._unreachable: set[str] = set()
         self.deletions = Deletions(self)
         self.finalizers = Finalizers(
@@ -109,7 +103,6 @@ class Reconciler:
             warn=self._warn,
         )
         self._resources_listed = False
-        self._phases: dict[str, str] = {}
         self.dry_runs = DryRuns(
             settings.executor,
             daemons=topology.ready_nodes,
@@ -180,14 +173,14 @@ class Reconciler:
             self.finalizers.sync(uid)
             self.writer.mark(uid)
             return
-        self._count_phase(uid, str(gi.status.get("phase", "")) or None)
+        self.report.count_phase(uid, str(gi.status.get("phase", "")) or None)
         if gi.deleting and gi.has_finalizer and uid not in self.deletions:
-            self._update_desired(gi)
+            self.desired.update(gi)
             self.deletions.begin(uid)
             return
         if previous is None or _wants_differ(previous, gi):
             self._check_spec(gi)
-            self._update_desired(gi)
+            self.desired.update(gi)
             self.writer.mark(uid)
             self.wake_nodes(self._nodes_touched(previous, gi))
             if self.shared is not None:
@@ -197,13 +190,9 @@ class Reconciler:
             self.writer.mark(uid)
 
     def on_topology_change(self, nodes: set[str]) -> None:
-        self._topology_version += 1
+        self.desired.topology_changed(nodes)
         if self.shared is not None:
-            self._desired.clear()  # a node's labels change the node set of every resource's instance
             self.shared.wake()
-        else:
-            for node in nodes:
-                self._desired.pop(node, None)  # its labels may have changed
         metrics.READY_NODES.set(len(self.topology.ready_nodes()))
         served = self.served_nodes()
         for node in nodes:
@@ -279,33 +268,6 @@ class Reconciler:
         for worker in self.workers.values():
             worker.wake(relist=relist)
 
-    def desired_on(self, node: str) -> list[planner.DesiredInstance]:
-        desired = self._desired.get(node)
-        if desired is None:
-            desired = self._desired[node] = {
-                uid: self._desired_for(gi, node) for uid, gi in self.resources.items() if self._targets(gi, node)
-            }
-        return list(desired.values())
-
-    def _update_desired(self, gi: GadgetInstanceResource) -> None:
-        """What ``gi`` wants changed: update it in every node's desired instances."""
-        for node, desired in self._desired.items():
-            if self._targets(gi, node):
-                desired[gi.uid] = self._desired_for(gi, node)
-            else:
-                desired.pop(gi.uid, None)
-
-    def _matching_nodes(self, gi: GadgetInstanceResource, spec: GadgetInstanceSpec) -> list[str]:
-        """The ready nodes ``spec`` selects; cached per topology and resource version."""
-        key = (self._topology_version, gi.resource_version)
-        cached = self._matching_cache.get(gi.uid)
-        if cached is not None and cached[0] == key:
-            return cached[1]
-        labels = self.topology.labels
-        matching = [node for node in self.topology.ready_nodes() if spec.targets(node, labels.get(node, {}))]
-        self._matching_cache[gi.uid] = (key, matching)
-        return matching
-
     async def sync_node(self, worker: NodeWorker) -> None:
         """One pass over one node: find out what its daemon runs, make it match (per-node store) or
         just observe it (shared store, placed by ``SharedPlacement``), prove readiness, record."""
@@ -313,7 +275,7 @@ class Reconciler:
         address = self.topology.endpoints.get(node)
         if address is None:
             return
-        desired = self.desired_on(node)
+        desired = self.desired.on(node)
         client = self.pool.get(address)
         if self.shared is not None:
             await self._observe_shared(worker, client, desired)
@@ -338,7 +300,7 @@ class Reconciler:
             actual.values(),
             known_resources=self.resources.keys(),
             known_nodes=self.topology.labels.keys(),
-            held=self.held_resources() | waiting.keys(),
+            held=self.desired.held() | waiting.keys(),
         )
         result = await executor.execute(
             plan,
@@ -517,7 +479,7 @@ class Reconciler:
         # ``desired`` was taken before the pass's calls: a resource that targets the node by now (its
         # dry run passed meanwhile) is not lingering, whatever the node holds of it.
         wanted = {d.owner.resource_uid for d in desired} | {
-            uid for uid in holding if (gi := self.resources.get(uid)) is not None and self._targets(gi, node)
+            uid for uid in holding if (gi := self.resources.get(uid)) is not None and self.desired.targets(gi, node)
         }
         for uid, outcome in outcomes.items():
             self.set_outcome(uid, node, NodeOutcome(node, outcome.state, outcome.instance_id, outcome.message))
@@ -566,7 +528,7 @@ class Reconciler:
         for uid, per_node in self.outcomes.items():
             known = per_node.get(node)
             gi = self.resources.get(uid)
-            if gi is not None and self._targets(gi, node):
+            if gi is not None and self.desired.targets(gi, node):
                 continue  # wanted here by now (``desired`` was taken before the pass's calls)
             if uid not in wanted and uid not in self.deletions and known is not None:
                 message = f"may still run an instance that should be removed; {why}"
@@ -588,122 +550,10 @@ class Reconciler:
         if self.shared is not None and self.shared.waiting:
             self.shared.wake()  # an old instance may go once its replacement has taken over here
 
-    # -- status ----------------------------------------------------------------------------------------
-
-    def render_status(self, uid: str) -> Rendered | None:
-        """How ``uid`` stands now: whether every target node has reported on the current spec (cheap),
-        and how to fold its nodes' outcomes into a status (``status.compute_status``, done only when the
-        writer may write it)."""
-        gi = self.resources.get(uid)
-        if gi is None or (gi.deleting and uid not in self.deletions):
-            return None
-        outcomes = self.outcomes.get(uid, {})
-
-        def observed() -> status.Observed:
-            return status.Observed(gi.generation, gi.status, self.clock(), self.settings.status.max_node_entries)
-
-        refused = self.finalizers.refusal(uid)
-        if refused is not None:
-            return Rendered(lambda: status.compute_status(observed(), finalizer_error=refused), gi.status, settled=True)
-        if gi.deleting:
-            # Never settled, so held back for settle_timeout: a quick cleanup writes no Terminating status.
-            return Rendered(
-                lambda: status.compute_status(observed(), outcomes=outcomes, deleting=True), gi.status, settled=False
-            )
-        spec = gi.spec
-        if spec is None:
-            error = gi.spec_error
-            return Rendered(lambda: status.compute_status(observed(), spec_error=error), gi.status, settled=True)
-        labels = self.topology.labels
-        ready = self.topology.ready_nodes()
-        matching = self._matching_nodes(gi, spec)
-        if spec.suspend:
-            return Rendered(
-                lambda: status.compute_status(observed(), desired_nodes=matching, outcomes=outcomes, suspended=True),
-                gi.status,
-                settled=not outcomes,
-            )
-        verdict = self.dry_runs.verdicts.get(spec)
-        if verdict is not None and not verdict.accepted:
-            message = f"the gadget rejected this spec (dry run on node {verdict.node}): {verdict.message}"
-            return Rendered(lambda: status.compute_status(observed(), rejected=message), gi.status, settled=True)
-        checking = verdict is None
-        expected = {node: self.expected_instance_id(gi, spec, node) for node in matching}
-        settled = not checking and not any(_unsettled(outcomes.get(node), expected[node]) for node in matching)
-
-        def running_status() -> dict[str, Any]:
-            current: dict[str, NodeOutcome] = {}
-            for node in matching:
-                outcome = outcomes.get(node)
-                if checking:
-                    outcome = NodeOutcome(node, NodeState.PENDING, message=CHECKING)
-                elif outcome is None or _stale(outcome, expected[node]):
-                    outcome = NodeOutcome(node, NodeState.PENDING, message="not yet created on this node")
-                current[node] = outcome
-            desired_nodes = list(matching)
-            for node, outcome in outcomes.items():
-                if node not in current and node in self.workers and not self._targets(gi, node):
-                    current[node] = outcome  # still holds an instance it should not: Removing, or why not
-            for node in sorted((spec.nodes or frozenset()) - ready.keys()):
-                desired_nodes.append(node)
-                if node not in labels:
-                    current[node] = NodeOutcome(node, NodeState.FAILED, message="no such node in the cluster")
-                else:
-                    current[node] = NodeOutcome(node, NodeState.PENDING, message="no gadget daemon found on this node")
-            return status.compute_status(
-                observed(), desired_nodes=desired_nodes, outcomes=current, rollout=self.rollouts.progress(gi)
-            )
-
-        return Rendered(running_status, gi.status, settled=settled)
-
-    async def _write_status(self, uid: str, new: dict[str, Any]) -> None:
-        gi = self.resources.get(uid)
-        if gi is None:
-            return
-        # A merge patch keeps keys it does not mention: null out the ones the new status dropped.
-        patch: dict[str, Any] = {key: None for key in gi.status if key not in new}
-        patch.update(new)
-        try:
-            body = await self.api.patch_status(gi.namespace, gi.name, patch)
-        except kube.KubeApiError as error:
-            metrics.STATUS_WRITES.labels(result="error").inc()
-            if error.status == 404:
-                return
-            raise
-        metrics.STATUS_WRITES.labels(result="ok").inc()
-        await self.observe("MODIFIED", body)
-        if gi.status.get("phase") != new.get("phase"):
-            self._spawn(self._announce(gi, new))
-
-    async def _announce(self, gi: GadgetInstanceResource, new: dict[str, Any]) -> None:
-        """A Kubernetes Event on each phase change, so `kubectl describe gi` tells the story."""
-        phase = str(new.get("phase"))
-        try:
-            await self.api.post_event(
-                gi, warning=phase in WARNING_PHASES, reason=phase, message=str(new.get("message", phase))
-            )
-        except Exception as error:
-            logger.debug("%s: posting the %s event failed: %s", gi.key, phase, error)
-
-    # -- deletion ----------------------------------------------------------------------------------
-
-    def _count_phase(self, uid: str, phase: str | None) -> None:
-        """Keep the resources-by-phase gauge: ``phase`` None when the resource is gone."""
-        if self._phases.get(uid) == phase:
-            return
-        previous = self._phases.pop(uid, None)
-        if previous is not None:
-            metrics.RESOURCES.labels(phase=previous).dec()
-        if phase is not None:
-            self._phases[uid] = phase
-            metrics.RESOURCES.labels(phase=phase).inc()
-
     def _forget(self, uid: str) -> None:
-        self._count_phase(uid, None)
+        self.report.count_phase(uid, None)
         self.finalizers.forget(uid)
-        for desired in self._desired.values():
-            desired.pop(uid, None)
-        self._matching_cache.pop(uid, None)
+        self.desired.forget(uid)
         self.rollouts.registry.forget(uid)
         gi = self.resources.pop(uid, None)
         self.outcomes.pop(uid, None)
@@ -749,70 +599,11 @@ class Reconciler:
             logger.debug("%s: posting the %s event failed: %s", gi.key, reason, error)
 
     def _nodes_touched(self, previous: GadgetInstanceResource | None, gi: GadgetInstanceResource) -> set[str]:
-        nodes = {node for node in self.workers if self._targets(gi, node)}
+        nodes = {node for node in self.workers if self.desired.targets(gi, node)}
         if previous is not None:
-            nodes |= {node for node in self.workers if self._targets(previous, node)}
+            nodes |= {node for node in self.workers if self.desired.targets(previous, node)}
         nodes |= set(self.outcomes.get(gi.uid, {}))
         return nodes
-
-    def _targets(self, gi: GadgetInstanceResource, node: str) -> bool:
-        spec = gi.spec
-        labels = self.topology.labels.get(node)
-        return (
-            gi.active
-            and gi.has_finalizer  # nothing runs that a deletion could not clean up
-            and spec is not None
-            and labels is not None  # a node that left the cluster runs nothing
-            and spec.targets(node, labels)
-            and self._accepted(spec)
-        )
-
-    # -- where instances go, per store -------------------------------------------------------------
-
-    def _desired_for(self, gi: GadgetInstanceResource, node: str) -> planner.DesiredInstance:
-        if self.shared is None:
-            return planner.desired_instance(gi, node)
-        desired = self.shared_desired(gi.uid)
-        assert desired is not None, "targets() implies an active resource"
-        return desired
-
-    def shared_desired(self, uid: str) -> planner.DesiredInstance | None:
-        """The one stored instance a resource wants in a shared store (None: it wants none); cached
-        per topology and resource version, since its node set is computed from every Node's labels."""
-        gi = self.resources.get(uid)
-        if gi is None or not gi.active or gi.spec is None or not self._accepted(gi.spec):
-            return None
-        plan = self.rollouts.registry.get(uid)
-        step = plan.nodes if plan is not None and plan.digest == gi.spec.digest else None
-        key = (self._topology_version, gi.resource_version, plan.version if plan is not None else 0)
-        cached = self._shared_cache.get(uid)
-        if cached is not None and cached[0] == key:
-            return cached[1]
-        spec = gi.spec
-        nodes: frozenset[str] | None = step
-        if step is None and not spec.targets_every_node:
-            # Every Node the spec selects, with a daemon or not: a daemon pod coming or going then
-            # changes nothing, and IG starts the instance on that node when its daemon is up.
-            nodes = frozenset(node for node, labels in self.topology.labels.items() if spec.targets(node, labels))
-        desired = planner.desired_shared_instance(gi, nodes)
-        self._shared_cache[uid] = (key, desired)
-        return desired
-
-    def expected_instance_id(self, gi: GadgetInstanceResource, spec: GadgetInstanceSpec, node: str) -> str:
-        """The ID of the instance that should run ``gi``'s current spec on ``node``."""
-        if self.shared is None:
-            return identity.instance_id(gi.uid, node, spec.digest)
-        desired = self.shared_desired(gi.uid)
-        return desired.instance.id if desired is not None else ""
-
-    def held_resources(self) -> set[str]:
-        """Resources whose instances stay as they are: their spec awaits its dry run or was rejected,
-        so what runs now is kept rather than replaced by nothing."""
-        return {
-            uid
-            for uid, gi in self.resources.items()
-            if gi.active and gi.spec is not None and not self._accepted(gi.spec)
-        }
 
     def taken_over(self, node: str, instance_id: str, failed_counts: bool) -> bool:
         """Whether ``instance_id`` has settled on ``node`` (proven running, the node cannot be asked, or,
@@ -844,9 +635,6 @@ class Reconciler:
 
     # -- the dry run before a spec's first instance ------------------------------------------------
 
-    def _accepted(self, spec: GadgetInstanceSpec) -> bool:
-        return self.dry_runs.accepted(spec)
-
     def _check_spec(self, gi: GadgetInstanceResource) -> None:
         if gi.active and gi.spec is not None:
             self.dry_runs.check(gi.spec)
@@ -855,9 +643,9 @@ class Reconciler:
         """The resources of a spec that was checked may now run (or are Failed): look again."""
         for gi in list(self.resources.values()):
             if gi.spec is not None and validation.check_key(gi.spec) == key:
-                self._update_desired(gi)
+                self.desired.update(gi)
                 self.writer.mark(gi.uid)
-                self.wake_nodes({node for node in self.workers if self._targets(gi, node)})
+                self.wake_nodes({node for node in self.workers if self.desired.targets(gi, node)})
         if self.shared is not None:
             self.shared.wake()
 
@@ -901,15 +689,3 @@ def _wants_differ(before: GadgetInstanceResource, after: GadgetInstanceResource)
         after.generation,
         after.has_finalizer,  # nothing runs before the finalizer is on
     )
-
-
-def _unsettled(outcome: NodeOutcome | None, expected_id: str) -> bool:
-    """Whether a node has yet to settle on the current spec (reported on it, and not still starting)."""
-    return _stale(outcome, expected_id) or outcome is None or outcome.state is NodeState.PENDING
-
-
-def _stale(outcome: NodeOutcome | None, expected_id: str) -> bool:
-    """Whether an outcome says nothing about the current spec's instance."""
-    if outcome is None:
-        return True
-    return bool(outcome.instance_id) and outcome.instance_id != expected_id

@@ -133,7 +133,7 @@ class RollingUpdates:
 
     def _targets(self, gi: GadgetInstanceResource, spec: GadgetInstanceSpec) -> list[str]:
         if self.rec.shared is None:
-            return self.rec._matching_nodes(gi, spec)
+            return self.rec.desired.matching_nodes(gi, spec)
         return [node for node, labels in self.rec.topology.labels.items() if spec.targets(node, labels)]
 
     def hold_back(
@@ -174,7 +174,7 @@ class RollingUpdates:
         so the nodes already running the new spec are known and the batch cannot be exceeded."""
         assert gi.spec is not None
         outcomes = self.rec.outcomes.get(gi.uid, {})
-        return all(node in outcomes for node in self.rec._matching_nodes(gi, gi.spec))
+        return all(node in outcomes for node in self.rec.desired.matching_nodes(gi, gi.spec))
 
     def nudge(self, uids: Iterable[str]) -> None:
         """Wake the nodes waiting for their turn in a rollout that can take more nodes now."""
@@ -197,7 +197,7 @@ class RollingUpdates:
         gi = self.rec.resources.get(uid)
         if plan is None or gi is None or gi.spec is None or outcome.state is not NodeState.RUNNING:
             return
-        if node not in plan.updated and outcome.instance_id == self.rec.expected_instance_id(gi, gi.spec, node):
+        if node not in plan.updated and outcome.instance_id == self.rec.desired.expected_id(gi, gi.spec, node):
             plan.updated.add(node)
             self.nudge((uid,))
 
@@ -215,7 +215,7 @@ class RollingUpdates:
         partial: set[str] = set()
         for uid, gi in self.rec.resources.items():
             spec = gi.spec
-            plan = self.of(gi) if gi.active and spec is not None and self.rec._accepted(spec) else None
+            plan = self.of(gi) if gi.active and spec is not None and self.rec.dry_runs.accepted(spec) else None
             if plan is None or spec is None:
                 continue
             targets = set(self._targets(gi, spec))
@@ -229,7 +229,7 @@ class RollingUpdates:
             if step != plan.nodes:
                 plan.nodes = step
                 plan.version += 1
-                self.rec._update_desired(gi)
+                self.rec.desired.update(gi)
             if step is not None:
                 partial.add(uid)
         return partial

@@ -86,11 +86,11 @@ class SharedPlacement:
         ready = rec.topology.ready_nodes()
         stored = list(self.inventory.instances.values())
         partial = rec.rollouts.advance_shared(stored)
-        desired = {uid: d for uid in rec.resources if (d := rec.shared_desired(uid)) is not None}
+        desired = {uid: d for uid in rec.resources if (d := rec.desired.shared(uid)) is not None}
         plan = planner.plan_store(
             desired,
             stored,
-            held=rec.held_resources(),
+            held=rec.desired.held(),
             known_resources=rec.resources.keys(),
             ready_nodes=ready.keys(),
             taken_over=rec.taken_over,

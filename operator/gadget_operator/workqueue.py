@@ -81,6 +81,10 @@ class WorkQueue(Generic[K]):
         self._idle = asyncio.Event()
         self._idle.set()
         self._tasks: list[asyncio.Task[None]] = []
+        # Every series exists from the start (at 0), so a dashboard or alert sees "none yet".
+        metrics.WORKQUEUE_ADDS.labels(name)
+        metrics.WORKQUEUE_RETRIES.labels(name)
+        metrics.WORKQUEUE_DEPTH.labels(name).set(0)
 
     # -- adding keys ---------------------------------------------------------------------------------
 

@@ -415,6 +415,11 @@ async def test_prometheus_metrics_count_what_the_operator_did(env: Env) -> None:
         name: value for name, value in samples.items() if name.startswith("gadget_operator_daemon_call_seconds_count")
     }
     assert any('method="GetGadgetInfo",result="ok"' in name and value >= NODE_COUNT for name, value in calls.items())
+    # The per-resource work queues: the finalizer was added once, the spec dry-run once, nothing waits.
+    assert samples['gadget_operator_workqueue_adds_total{name="finalizers"}'] >= 1
+    assert samples['gadget_operator_workqueue_adds_total{name="dry-runs"}'] >= 1
+    assert samples['gadget_operator_workqueue_depth{name="finalizers"}'] == 0
+    assert samples['gadget_operator_workqueue_retries_total{name="finalizers"}'] == 0
 
     env.nodes[env.cluster.node_name(2)].faults.hang = True
     await env.cluster.patch_spec("trace", {"params": {"operator.KubeManager.namespace": "kube-system"}})

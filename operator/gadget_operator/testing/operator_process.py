@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import shutil
 import signal
 import socket
 import sys
@@ -50,6 +51,8 @@ class OperatorProcess:
         self.log_path = Path(tempfile.mkstemp(prefix="gadget-operator-", suffix=".log", dir=log_dir)[1])
         self.process: asyncio.subprocess.Process | None = None
         self.liveness_port = 0
+        self._log_dir = log_dir
+        self._temp_dir: str | None = None
 
     async def start(self, *, within: float = 30.0, attempts: int = 3) -> None:
         """Start and wait until alive. The liveness port is picked free just before, so another process
@@ -79,6 +82,10 @@ class OperatorProcess:
         env = dict(os.environ)
         if self.kubeconfig:
             env["KUBECONFIG"] = self.kubeconfig
+        # The Kubernetes client writes a kubeconfig's certificates to temporary files, removed only at a
+        # clean exit: a process of its own keeps a killed operator's from piling up in the system's.
+        self._temp_dir = tempfile.mkdtemp(prefix="gadget-operator-tmp-", dir=self._log_dir)
+        env["TMPDIR"] = self._temp_dir
         with self.log_path.open("ab") as log:
             self.process = await asyncio.create_subprocess_exec(
                 sys.executable, *args, stdout=log, stderr=asyncio.subprocess.STDOUT, env=env
@@ -107,15 +114,19 @@ class OperatorProcess:
 
     async def _signal(self, signum: int, grace: float) -> int | None:
         process, self.process = self.process, None
-        if process is None or process.returncode is not None:
-            return None if process is None else process.returncode
-        process.send_signal(signum)
         try:
-            async with asyncio.timeout(grace):
+            if process is None or process.returncode is not None:
+                return None if process is None else process.returncode
+            process.send_signal(signum)
+            try:
+                async with asyncio.timeout(grace):
+                    return await process.wait()
+            except TimeoutError:
+                process.kill()
                 return await process.wait()
-        except TimeoutError:
-            process.kill()
-            return await process.wait()
+        finally:
+            if self._temp_dir is not None:
+                shutil.rmtree(self._temp_dir, ignore_errors=True)
 
     def logs(self) -> str:
         return self.log_path.read_text(errors="replace")

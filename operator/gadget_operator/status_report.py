@@ -1,0 +1,151 @@
+"""The status of each GadgetInstance as the reconciler knows it, and writing it.
+
+``render`` says how a resource stands (cheaply: whether every target node has reported on the
+current spec) and how to fold its nodes' outcomes into a status (``status.compute_status``, done only
+when the ``StatusWriter`` may write); ``write`` patches ``/status`` and posts an Event on each phase
+change, so ``kubectl describe gi`` tells the story; ``count_phase`` keeps the resources-by-phase gauge.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, Any
+
+from gadget_operator import kube, metrics, status
+from gadget_operator.resource import GadgetInstanceResource
+from gadget_operator.status import NodeOutcome, NodeState
+from gadget_operator.status_writer import Rendered
+
+if TYPE_CHECKING:
+    from gadget_operator.reconciler import Reconciler
+
+logger = logging.getLogger(__name__)
+
+WARNING_PHASES = frozenset({"Degraded", "Failed"})
+CHECKING = "checking the gadget image and parameters with a dry run on a daemon"
+
+
+class StatusReport:
+    def __init__(self, reconciler: Reconciler) -> None:
+        self.rec = reconciler
+        self._phases: dict[str, str] = {}
+
+    def render(self, uid: str) -> Rendered | None:
+        """How ``uid`` stands now: whether every target node has reported on the current spec (cheap),
+        and how to fold its nodes' outcomes into a status (``status.compute_status``, done only when the
+        writer may write it)."""
+        gi = self.rec.resources.get(uid)
+        if gi is None or (gi.deleting and uid not in self.rec.deletions):
+            return None
+        outcomes = self.rec.outcomes.get(uid, {})
+
+        def observed() -> status.Observed:
+            return status.Observed(
+                gi.generation, gi.status, self.rec.clock(), self.rec.settings.status.max_node_entries
+            )
+
+        refused = self.rec.finalizers.refusal(uid)
+        if refused is not None:
+            return Rendered(lambda: status.compute_status(observed(), finalizer_error=refused), gi.status, settled=True)
+        if gi.deleting:
+            # Never settled, so held back for settle_timeout: a quick cleanup writes no Terminating status.
+            return Rendered(
+                lambda: status.compute_status(observed(), outcomes=outcomes, deleting=True), gi.status, settled=False
+            )
+        spec = gi.spec
+        if spec is None:
+            error = gi.spec_error
+            return Rendered(lambda: status.compute_status(observed(), spec_error=error), gi.status, settled=True)
+        labels = self.rec.topology.labels
+        ready = self.rec.topology.ready_nodes()
+        matching = self.rec.desired.matching_nodes(gi, spec)
+        if spec.suspend:
+            return Rendered(
+                lambda: status.compute_status(observed(), desired_nodes=matching, outcomes=outcomes, suspended=True),
+                gi.status,
+                settled=not outcomes,
+            )
+        verdict = self.rec.dry_runs.verdicts.get(spec)
+        if verdict is not None and not verdict.accepted:
+            message = f"the gadget rejected this spec (dry run on node {verdict.node}): {verdict.message}"
+            return Rendered(lambda: status.compute_status(observed(), rejected=message), gi.status, settled=True)
+        checking = verdict is None
+        expected = {node: self.rec.desired.expected_id(gi, spec, node) for node in matching}
+        settled = not checking and not any(_unsettled(outcomes.get(node), expected[node]) for node in matching)
+
+        def running_status() -> dict[str, Any]:
+            current: dict[str, NodeOutcome] = {}
+            for node in matching:
+                outcome = outcomes.get(node)
+                if checking:
+                    outcome = NodeOutcome(node, NodeState.PENDING, message=CHECKING)
+                elif outcome is None or _stale(outcome, expected[node]):
+                    outcome = NodeOutcome(node, NodeState.PENDING, message="not yet created on this node")
+                current[node] = outcome
+            desired_nodes = list(matching)
+            for node, outcome in outcomes.items():
+                if node not in current and node in self.rec.workers and not self.rec.desired.targets(gi, node):
+                    current[node] = outcome  # still holds an instance it should not: Removing, or why not
+            for node in sorted((spec.nodes or frozenset()) - ready.keys()):
+                desired_nodes.append(node)
+                if node not in labels:
+                    current[node] = NodeOutcome(node, NodeState.FAILED, message="no such node in the cluster")
+                else:
+                    current[node] = NodeOutcome(node, NodeState.PENDING, message="no gadget daemon found on this node")
+            return status.compute_status(
+                observed(), desired_nodes=desired_nodes, outcomes=current, rollout=self.rec.rollouts.progress(gi)
+            )
+
+        return Rendered(running_status, gi.status, settled=settled)
+
+    async def write(self, uid: str, new: dict[str, Any]) -> None:
+        gi = self.rec.resources.get(uid)
+        if gi is None:
+            return
+        # A merge patch keeps keys it does not mention: null out the ones the new status dropped.
+        patch: dict[str, Any] = {key: None for key in gi.status if key not in new}
+        patch.update(new)
+        try:
+            body = await self.rec.api.patch_status(gi.namespace, gi.name, patch)
+        except kube.KubeApiError as error:
+            metrics.STATUS_WRITES.labels(result="error").inc()
+            if error.status == 404:
+                return
+            raise
+        metrics.STATUS_WRITES.labels(result="ok").inc()
+        await self.rec.observe("MODIFIED", body)
+        if gi.status.get("phase") != new.get("phase"):
+            self.rec._spawn(self._announce(gi, new))
+
+    async def _announce(self, gi: GadgetInstanceResource, new: dict[str, Any]) -> None:
+        """A Kubernetes Event on each phase change, so `kubectl describe gi` tells the story."""
+        phase = str(new.get("phase"))
+        try:
+            await self.rec.api.post_event(
+                gi, warning=phase in WARNING_PHASES, reason=phase, message=str(new.get("message", phase))
+            )
+        except Exception as error:
+            logger.debug("%s: posting the %s event failed: %s", gi.key, phase, error)
+
+    def count_phase(self, uid: str, phase: str | None) -> None:
+        """Keep the resources-by-phase gauge: ``phase`` None when the resource is gone."""
+        if self._phases.get(uid) == phase:
+            return
+        previous = self._phases.pop(uid, None)
+        if previous is not None:
+            metrics.RESOURCES.labels(phase=previous).dec()
+        if phase is not None:
+            self._phases[uid] = phase
+            metrics.RESOURCES.labels(phase=phase).inc()
+
+
+def _unsettled(outcome: NodeOutcome | None, expected_id: str) -> bool:
+    """Whether a node has yet to settle on the current spec (reported on it, and not still starting)."""
+    return _stale(outcome, expected_id) or outcome is None or outcome.state is NodeState.PENDING
+
+
+def _stale(outcome: NodeOutcome | None, expected_id: str) -> bool:
+    """Whether an outcome says nothing about the current spec's instance."""
+    if outcome is None:
+        return True
+    return bool(outcome.instance_id) and outcome.instance_id != expected_id
