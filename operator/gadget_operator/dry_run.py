@@ -41,14 +41,7 @@ class DryRuns:
         self.client = client
         self.decided = decided
         self._waiting: dict[str, GadgetInstanceSpec] = {}
-        self.queue: workqueue.WorkQueue[str] = workqueue.WorkQueue(
-            "dry-runs",
-            self._run,
-            workers=4,
-            backoff_initial=settings.backoff_initial,
-            backoff_max=settings.backoff_max,
-            jitter=0.1,
-        )
+        self.queue = workqueue.per_resource("dry-runs", self._run, settings)
 
     def start(self) -> None:
         self.queue.start()

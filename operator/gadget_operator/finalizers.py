@@ -41,15 +41,7 @@ class Finalizers:
         self.deletion_done = deletion_done
         self.released = released
         self.warn = warn
-        self.queue: workqueue.WorkQueue[str] = workqueue.WorkQueue(
-            "finalizers",
-            self._sync,
-            workers=4,
-            backoff_initial=settings.backoff_initial,
-            backoff_max=settings.backoff_max,
-            jitter=0.1,
-            clock=clock,
-        )
+        self.queue = workqueue.per_resource("finalizers", self._sync, settings, clock=clock)
         self._added: set[str] = set()
         """Resources whose finalizer this process added and whose watch event may not have come yet."""
 

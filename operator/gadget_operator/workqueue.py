@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Generic, Protocol, TypeVar
 
 from gadget_operator import metrics
+from gadget_operator.settings import ExecutorSettings
 
 logger = logging.getLogger(__name__)
 
@@ -238,3 +239,19 @@ class WorkQueue(Generic[K]):
         self._failures.pop(key, None)
         if result.after is not None:
             self.add_after(key, result.after)
+
+
+def per_resource(
+    name: str, handler: Callable[[str], Awaitable[Result]], settings: ExecutorSettings, *, clock: Clock | None = None
+) -> WorkQueue[str]:
+    """The operator's queue for per-resource work: a few workers, its failure backoff, some jitter so
+    that retries of many resources that failed together do not come back together."""
+    return WorkQueue(
+        name,
+        handler,
+        workers=4,
+        backoff_initial=settings.backoff_initial,
+        backoff_max=settings.backoff_max,
+        jitter=0.1,
+        clock=clock,
+    )
