@@ -164,8 +164,6 @@ class Reconciler:
         previous = self.resources.get(uid)
         if previous is not None and _older(gi.resource_version, previous.resource_version):
             return  # we already hold a newer copy (the response of our own status write)
-        # A spec that can never run creates nothing, so it needs no cleanup (and a patch of it may be
-        # refused by admission): it gets its Failed status without the finalizer.
         self.resources[uid] = gi
         if not gi.deleting and not gi.has_finalizer and gi.spec is not None:
             # Nothing runs before the finalizer is on (its watch event comes back here); known meanwhile,
