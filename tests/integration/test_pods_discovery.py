@@ -45,10 +45,9 @@ from gadget_operator.testing.operator_process import OperatorProcess
 from tests.integration.conftest import DAEMON_PORT, PodsEnv, daemon_pods
 from tests.integration.harness import E2E_KUBECONFIG, Cluster, Nodes, Timeout, eventually
 
-PORT_FORWARD_ON_THE_EMULATOR = pytest.mark.skipif(
-    bool(E2E_KUBECONFIG),
-    reason="port-forward: a real API server forwards pods/portforward to the pod's kubelet, which stand-in "
-    "daemon pods do not have (the emulator forwards to the simulated daemon itself)",
+NO_KUBELET = (
+    "a real API server forwards pods/portforward to the pod's kubelet, and stand-in daemon pods have none "
+    "(the emulator forwards to the simulated daemon itself)"
 )
 
 TRACE_EXEC = {"image": "trace_exec"}
@@ -250,7 +249,7 @@ async def daemon_pods_on(
 # -- which nodes are targets, and a daemon pod replaced -------------------------------------------------------
 
 
-@PORT_FORWARD_ON_THE_EMULATOR
+@pytest.mark.skipif(bool(E2E_KUBECONFIG), reason=f"tunnels through pods/portforward: {NO_KUBELET}")
 async def test_daemons_are_reached_through_port_forward(pods_env: PodsEnv) -> None:
     uid = (await pods_env.cluster.apply("trace", TRACE_EXEC))["metadata"]["uid"]
 
@@ -268,8 +267,10 @@ async def test_a_node_without_a_running_daemon_pod_is_not_a_target(
     cluster: tuple[Cluster, KubeEmulator | None],
 ) -> None:
     async with daemon_pods_on("shared", cluster, 3, "--resync-interval", "1") as env:
+        # node-3's daemon pod is replaced by one that is not Running yet (its image still pulling).
         node_3 = env.cluster.node_name(3)
-        await env.put_daemon_pod(node_3, ready=False)
+        await env.delete_daemon_pod(f"gadget-{node_3}")
+        pending = await env.put_daemon_pod(node_3, pod=f"gadget-{node_3}-p8m2q", ready=False)
 
         await env.cluster.apply("trace", TRACE_EXEC)
         body = await env.cluster.wait_status(
@@ -277,7 +278,7 @@ async def test_a_node_without_a_running_daemon_pod_is_not_a_target(
         )
 
         assert node_3 not in {e["node"] for e in body["status"]["nodes"]}
-        await env.put_daemon_pod(node_3)
+        await env.put_daemon_pod(node_3, pod=pending)
         await env.cluster.wait_status("trace", lambda b: b["status"].get("ready") == "3/3")
 
 
@@ -452,7 +453,9 @@ async def healthz(session: aiohttp.ClientSession, operator: OperatorProcess) -> 
         return response.status, await response.json(content_type=None)
 
 
-@PORT_FORWARD_ON_THE_EMULATOR
+@pytest.mark.skipif(
+    bool(E2E_KUBECONFIG), reason=f"300 tunnels through pods/portforward, counted by the emulator: {NO_KUBELET}"
+)
 async def test_300_daemon_pods_through_port_forward_never_starve_the_api_calls(
     cluster: tuple[Cluster, KubeEmulator | None],
 ) -> None:
@@ -516,7 +519,10 @@ async def test_300_daemon_pods_through_port_forward_never_starve_the_api_calls(
         assert env.emulator.writes("gadgetinstances", "trace", subresource="status") >= 1
 
 
-@PORT_FORWARD_ON_THE_EMULATOR
+@pytest.mark.skipif(
+    bool(E2E_KUBECONFIG),
+    reason=f"revokes pods/portforward with the emulator's deny(), then tunnels through it again: {NO_KUBELET}",
+)
 async def test_a_port_forward_refused_by_rbac_shows_in_the_nodes_status(
     cluster: tuple[Cluster, KubeEmulator | None],
 ) -> None:
