@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: all install demo test lint proto proto-check bench clean
+.PHONY: all install demo test lint proto proto-check crds bench clean
 
 all: test
 
@@ -34,6 +34,9 @@ proto: $(STAMP)
 
 proto-check: $(STAMP)
 	$(PY) tools/protogen.py --check
+
+crds: $(STAMP)
+	$(PY) tools/crdgen.py
 
 bench: $(STAMP)
 	cd bench && ../$(PY) run.py $(BENCH)

@@ -1,6 +1,7 @@
--- Argo CD health check for gadget-operator.io/GadgetInstance.
--- Installed as resource.customizations.health.gadget-operator.io_GadgetInstance in argocd-cm
--- (see argocd-cm-patch.yaml). Argo CD sets the global `obj` to the live object; the script returns
+-- Argo CD health check for gadget-operator.io/GadgetInstance and ClusterGadgetInstance (the same
+-- status). Installed as resource.customizations.health.gadget-operator.io_GadgetInstance and
+-- resource.customizations.health.gadget-operator.io_ClusterGadgetInstance in argocd-cm (see
+-- argocd-cm-patch.yaml). Argo CD sets the global `obj` to the live object; the script returns
 -- {status = Healthy | Progressing | Degraded | Suspended, message = ...}. Plain Lua 5.1.
 local hs = {}
 

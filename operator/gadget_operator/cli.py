@@ -30,8 +30,10 @@ from gadget_operator.settings import (
     LeaderElectionSettings,
     LivenessSettings,
     Settings,
+    TenancySettings,
     TLSSettings,
 )
+from gadget_operator.tenancy import DEFAULT_ALLOWED_IMAGES
 
 if TYPE_CHECKING:
     import aiohttp.web
@@ -189,6 +191,15 @@ def main() -> None:
     type=click.FloatRange(min=0.1),
     help="The liveness probe fails when the event loop lags more than this (seconds).",
 )
+@click.option(
+    "--allowed-image",
+    "allowed_images",
+    multiple=True,
+    envvar="GADGET_OPERATOR_ALLOWED_IMAGES",
+    help="A pattern (shell-style, on the full reference) of gadget images that may run; repeatable, or "
+    "space/comma-separated in the variable. Default: the official gadgets, "
+    f"{' '.join(DEFAULT_ALLOWED_IMAGES)}. Other images are refused.",
+)
 @click.option("--kube-server", default=None, help="API server URL (tests, the demo); else in-cluster/kubeconfig.")
 @click.option("--log-format", type=click.Choice(["plain", "json"]), default="plain", show_default=True)
 @click.option("--verbose", "-v", is_flag=True, help="Debug logging.")
@@ -226,6 +237,7 @@ def run(
     heartbeat_interval: float,
     max_heartbeat_age: float,
     max_loop_lag: float,
+    allowed_images: tuple[str, ...],
     kube_server: str | None,
     log_format: str,
     verbose: bool,
@@ -284,6 +296,10 @@ def run(
             retry_period=retry_period,
         ),
         namespaces=namespaces,
+        tenancy=TenancySettings(
+            allowed_images=tuple(p for item in allowed_images for p in item.replace(",", " ").split())
+            or DEFAULT_ALLOWED_IMAGES
+        ),
     )
     configure_logging(log_format, verbose)
     try:

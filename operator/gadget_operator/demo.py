@@ -28,7 +28,7 @@ from gadget_operator.testing.operator_process import OperatorProcess
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = ROOT / "examples"
-CRD = ROOT / "crds" / "gadgetinstances.gadget-operator.io.yaml"
+CRDS = ROOT / "crds"
 STEP_TIMEOUT = 30.0
 PHASE_STYLE = {"Running": "green", "Suspended": "cyan", "Pending": "yellow", "Degraded": "red", "Failed": "red"}
 
@@ -50,16 +50,17 @@ class Demo:
         self.fleet = fleet
         self.console = console
         self.step = ""
-        self.names: list[str] = []
+        self.names: list[tuple[resource.Kind, str | None, str]] = []
+        """The applied examples: (kind, namespace or None for a ClusterGadgetInstance, name)."""
 
     def resources(self) -> list[dict[str, Any]]:
         found = [
-            self.emulator.get(f"{resource.GROUP}/{resource.VERSION}", resource.PLURAL, n, "default") for n in self.names
+            self.emulator.get(kind.api_version, kind.plural, name, namespace) for kind, namespace, name in self.names
         ]
         return [body for body in found if body is not None]
 
     def render(self) -> Group:
-        table = Table(title="kubectl get gadgetinstances -o wide", expand=False)
+        table = Table(title="kubectl get gadget -o wide (both kinds)", expand=False)
         for column in ("NAME", "IMAGE", "READY", "PHASE", "MESSAGE"):
             table.add_column(column, overflow="fold")
         for body in self.resources():
@@ -106,7 +107,8 @@ async def run(count: int) -> None:
     console = Console()
     emulator = KubeEmulator()
     url = await emulator.start()
-    emulator.register_crd(yaml.safe_load(CRD.read_text()))
+    for crd in sorted(CRDS.glob("*.yaml")):
+        emulator.register_crd(yaml.safe_load(crd.read_text()))
     with tempfile.TemporaryDirectory(prefix="gadget-demo-") as directory:
         fleet = Fleet(Path(directory), stored=False)
         await fleet.start(count, prefix="worker-")
@@ -139,9 +141,11 @@ async def run(count: int) -> None:
 async def play(demo: Demo) -> None:
     manifests = [yaml.safe_load(path.read_text()) for path in sorted(EXAMPLES.glob("*.yaml"))]
     for manifest in manifests:
-        manifest["metadata"].setdefault("namespace", "default")
+        kind = resource.kind_named(manifest["kind"])
+        if kind.namespaced:
+            manifest["metadata"].setdefault("namespace", "default")
         demo.emulator.put(manifest)
-    demo.names = [m["metadata"]["name"] for m in manifests]
+        demo.names.append((kind, manifest["metadata"].get("namespace"), manifest["metadata"]["name"]))
     with Live(demo.render(), console=demo.console, refresh_per_second=10, transient=True) as live:
         await demo.until(
             live, f"1. applied {len(manifests)} examples from examples/; waiting for them to converge", demo.settled
@@ -155,8 +159,8 @@ async def play(demo: Demo) -> None:
             f"3. the operator's periodic sync of {victim.name} re-creates what the restart lost",
             lambda: bool(victim.running()) and demo.settled(),
         )
-        for name in demo.names:
-            demo.emulator.delete(f"{resource.GROUP}/{resource.VERSION}", resource.PLURAL, name, "default")
+        for kind, namespace, name in demo.names:
+            demo.emulator.delete(kind.api_version, kind.plural, name, namespace)
         await demo.until(
             live,
             "4. deleted every resource: the finalizer removes the instances from every node first",

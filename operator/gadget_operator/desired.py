@@ -75,7 +75,7 @@ class DesiredIndex:
             and spec is not None
             and labels is not None  # a node that left the cluster runs nothing
             and spec.targets(node, labels)
-            and self.rec.dry_runs.accepted(spec)
+            and self.rec.dry_runs.accepted(gi)
         )
 
     # -- where instances go, per store -------------------------------------------------------------
@@ -91,7 +91,7 @@ class DesiredIndex:
         """The one stored instance a resource wants in a shared store (None: it wants none); cached
         per topology and resource version, since its node set is computed from every Node's labels."""
         gi = self.rec.resources.get(uid)
-        if gi is None or not gi.active or gi.spec is None or not self.rec.dry_runs.accepted(gi.spec):
+        if gi is None or not gi.active or gi.spec is None or not self.rec.dry_runs.accepted(gi):
             return None
         plan = self.rec.rollouts.registry.get(uid)
         step = plan.nodes if plan is not None and plan.digest == gi.spec.digest else None
@@ -122,5 +122,5 @@ class DesiredIndex:
         return {
             uid
             for uid, gi in self.rec.resources.items()
-            if gi.active and gi.spec is not None and not self.rec.dry_runs.accepted(gi.spec)
+            if gi.active and gi.spec is not None and not self.rec.dry_runs.accepted(gi)
         }

@@ -10,9 +10,9 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Mapping
 
-from gadget_operator import errors, validation, workqueue
+from gadget_operator import errors, tenancy, validation, workqueue
 from gadget_operator.daemon.client import DaemonClient
-from gadget_operator.resource import GadgetInstanceSpec
+from gadget_operator.resource import GadgetInstanceResource, GadgetInstanceSpec
 from gadget_operator.settings import ExecutorSettings
 
 logger = logging.getLogger(__name__)
@@ -49,8 +49,20 @@ class DryRuns:
     async def stop(self) -> None:
         await self.queue.stop()
 
-    def accepted(self, spec: GadgetInstanceSpec) -> bool:
-        verdict = self.verdicts.get(spec)
+    def verdict(self, gi: GadgetInstanceResource) -> validation.Verdict | None:
+        """The verdict on ``gi``'s spec; a gadget that cannot be confined is refused to a namespaced
+        resource (``tenancy``)."""
+        if gi.spec is None:
+            return None
+        verdict = self.verdicts.get(gi.spec)
+        if verdict is not None and verdict.accepted and gi.kind.namespaced and not verdict.confinable:
+            refusal = tenancy.confinable(())
+            assert refusal is not None
+            return validation.Verdict(False, verdict.node, refusal.message, confinable=False, reason=refusal.reason)
+        return verdict
+
+    def accepted(self, gi: GadgetInstanceResource) -> bool:
+        verdict = self.verdict(gi)
         return verdict is not None and verdict.accepted
 
     def check(self, spec: GadgetInstanceSpec) -> None:
@@ -84,11 +96,12 @@ class DryRuns:
         for node in validation.dry_run_order(spec, healthy or ready)[:DAEMONS_TRIED]:
             client = self.client(ready[node])
             try:
-                await client.get_gadget_info(spec.image, spec.params, deadline=self.settings.validate_timeout)
+                info = await client.get_gadget_info(spec.image, spec.params, deadline=self.settings.validate_timeout)
             except errors.DaemonUnreachable as error:
                 logger.info("dry run of %s on %s: %s; trying another daemon", spec.image, node, error)
                 continue
             except errors.DaemonError as error:
                 return validation.Verdict(accepted=False, node=node, message=error.message)
-            return validation.Verdict(accepted=True, node=node)
+            listed = (param.key for param in info.params)
+            return validation.Verdict(accepted=True, node=node, confinable=tenancy.confinable(listed) is None)
         return None

@@ -2,7 +2,7 @@
 
 Why these handler kinds:
 
-* GadgetInstances and Nodes are followed with ``kopf.on.event``: it adds no finalizer and writes
+* GadgetInstances, ClusterGadgetInstances and Nodes are followed with ``kopf.on.event``: it adds no finalizer and writes
   nothing to the object. The reconciler manages the ``gadget-operator.io/cleanup`` finalizer itself,
   so that apply-to-Ready costs two writes (finalizer, status) and never kopf's progress annotations.
 * Nodes are only read: no finalizer, annotation or status is ever put on them.
@@ -65,11 +65,12 @@ def build_registry(settings: Settings) -> kopf.OperatorRegistry:
         if runtime is not None:
             await runtime.stop()
 
-    @kopf.on.event(resource.GROUP, resource.VERSION, resource.PLURAL, registry=registry)
-    async def gadget_instance_event(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
-        reconciler: Reconciler | None = memo.runtime.reconciler
-        if reconciler is not None:  # None: a standby, which only watches
-            await reconciler.observe(event.get("type"), cast(dict[str, object], event["object"]))
+    # Both kinds go to the same reconciler. kopf watches a cluster-scoped kind at the cluster scope
+    # whatever --namespace says: that flag restricts GadgetInstances only.
+    for kind in resource.KINDS:
+        kopf.on.event(resource.GROUP, resource.VERSION, kind.plural, registry=registry, id=kind.plural)(
+            gadget_instance_event
+        )
 
     # Handlers are async because kopf runs sync handlers in a thread pool, away from the event loop.
     @kopf.on.event("", "v1", "nodes", registry=registry)
@@ -102,6 +103,13 @@ def build_registry(settings: Settings) -> kopf.OperatorRegistry:
         return checked | ({"tunnels": forwarder.stats()} if forwarder is not None else {})
 
     return registry
+
+
+async def gadget_instance_event(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
+    """A watch event of a GadgetInstance or a ClusterGadgetInstance."""
+    reconciler: Reconciler | None = memo.runtime.reconciler
+    if reconciler is not None:  # None: a standby, which only watches
+        await reconciler.observe(event.get("type"), cast(dict[str, object], event["object"]))
 
 
 def configure_kopf(settings: kopf.OperatorSettings) -> None:
@@ -182,23 +190,37 @@ class Runtime:
         os._exit(LOST_LEADERSHIP_EXIT_CODE)
 
     async def _catch_up(self, reconciler: Reconciler) -> None:
-        """Hand the reconciler every GadgetInstance with one list: kopf's initial listing may have come
-        while this replica stood by, and until every resource is known no instance may be judged an
-        orphan (that would cost one GET per instance after a restart). A resource kopf delivers
-        meanwhile is not handled twice: observe() keeps the newest copy."""
+        """Hand the reconciler every GadgetInstance and ClusterGadgetInstance with one list each: kopf's
+        initial listing may have come while this replica stood by, and until every resource of both
+        kinds is known no instance may be judged an orphan (that would cost one GET per instance after a
+        restart). A resource kopf delivers meanwhile is not handled twice: observe() keeps the newest
+        copy. ``--namespace`` limits the GadgetInstances; ClusterGadgetInstances are listed at the
+        cluster scope."""
         retry = self.settings.leader_election.retry_period
-        for namespace in self.settings.namespaces or (None,):
+        scopes: list[tuple[resource.Kind, str | None]] = [
+            (resource.GADGET_INSTANCE, namespace) for namespace in self.settings.namespaces or (None,)
+        ]
+        scopes.append((resource.CLUSTER_GADGET_INSTANCE, None))
+        for kind, namespace in scopes:
             while True:
                 try:
-                    items = await self.api.list_gadget_instances(namespace)
+                    items = await self.api.list_gadget_instances(namespace, kind=kind)
                     break
-                except (kube.KubeApiError, OSError, TimeoutError, aiohttp.ClientError) as error:
-                    logger.warning("listing GadgetInstances failed, retrying: %s", error)
+                except kube.KubeApiError as error:
+                    if error.status == 404 and not kind.namespaced:
+                        # Its CRD is not installed (an upgrade that skipped crds/): no such object exists.
+                        logger.warning("%s are not served (CRD not installed?): %s", kind.plural, error)
+                        items = []
+                        break
+                    logger.warning("listing %s failed, retrying: %s", kind.plural, error)
+                    await asyncio.sleep(retry)
+                except (OSError, TimeoutError, aiohttp.ClientError) as error:
+                    logger.warning("listing %s failed, retrying: %s", kind.plural, error)
                     await asyncio.sleep(retry)
             for body in items:
                 await reconciler.observe(None, body)
         reconciler.resources_listed()
-        logger.info("every GadgetInstance handed to the reconciler")
+        logger.info("every GadgetInstance and ClusterGadgetInstance handed to the reconciler")
 
     async def stop(self) -> None:
         for task in self.tasks:

@@ -84,7 +84,10 @@ class Ownership:
     """What an instance's tags say about which resource, node and spec it was made for."""
 
     resource_uid: str
-    resource: str  # "namespace/name"
+    resource: str
+    """The resource's key: ``namespace/name`` for a GadgetInstance, ``name`` for a ClusterGadgetInstance
+    (``resource.locate`` tells them apart; Kubernetes names never hold a ``/``, and no ``,`` either,
+    which IG's shared store joins tags with)."""
     node: str
     spec_hash: str
 

@@ -21,6 +21,10 @@ call                                     resource                    verb
 ``served``                               discovery (non-resource)    get (any user)
 =======================================  ==========================  ===================
 
+Every call on ``gadgetinstances`` is made the same way on ``clustergadgetinstances`` for a
+ClusterGadgetInstance (``resource.Kind``), at the cluster scope: paths without ``namespaces/<ns>``, and
+its Events in namespace ``default`` with an involvedObject without namespace, as kubectl does.
+
 Finalizer patches are JSON patches guarded by a ``test`` of the current list, so a concurrent change
 by someone else fails with 422 (or 409) instead of being overwritten; the caller retries on the next
 watch event.
@@ -154,8 +158,10 @@ class KubeApi:
                 raise KubeApiError(response.status, str(result.get("message", result)))
             return result
 
-    def _gadget_instance_path(self, namespace: str, name: str) -> str:
-        return f"/apis/{resource.GROUP}/{resource.VERSION}/namespaces/{namespace}/{resource.PLURAL}/{name}"
+    @staticmethod
+    def _gadget_instance_path(namespace: str, name: str, kind: resource.Kind = resource.GADGET_INSTANCE) -> str:
+        scope = f"/namespaces/{namespace}" if kind.namespaced else ""
+        return f"/apis/{resource.GROUP}/{resource.VERSION}{scope}/{kind.plural}/{name}"
 
     def _tunnels(self) -> aiohttp.ClientSession:
         if self._tunnel_session is None:
@@ -190,18 +196,27 @@ class KubeApi:
         (the liveness heartbeat: it fails when that session can make no progress)."""
         return await self._call("GET", "/version")
 
-    async def get_gadget_instance(self, namespace: str, name: str) -> dict[str, Any] | None:
+    async def get_gadget_instance(
+        self, namespace: str, name: str, *, kind: resource.Kind = resource.GADGET_INSTANCE
+    ) -> dict[str, Any] | None:
         try:
-            return await self._call("GET", self._gadget_instance_path(namespace, name))
+            return await self._call("GET", self._gadget_instance_path(namespace, name, kind))
         except KubeApiError as error:
             if error.status == 404:
                 return None
             raise
 
-    async def patch_status(self, namespace: str, name: str, status: Mapping[str, Any]) -> dict[str, Any]:
+    async def patch_status(
+        self,
+        namespace: str,
+        name: str,
+        status: Mapping[str, Any],
+        *,
+        kind: resource.Kind = resource.GADGET_INSTANCE,
+    ) -> dict[str, Any]:
         return await self._call(
             "PATCH",
-            self._gadget_instance_path(namespace, name) + "/status",
+            self._gadget_instance_path(namespace, name, kind) + "/status",
             body={"status": dict(status)},
             content_type="application/merge-patch+json",
         )
@@ -230,7 +245,7 @@ class KubeApi:
         )
 
     async def _json_patch(self, gi: resource.GadgetInstanceResource, ops: Sequence[Mapping[str, Any]]) -> None:
-        path = self._gadget_instance_path(gi.namespace, gi.name)
+        path = self._gadget_instance_path(gi.namespace, gi.name, gi.kind)
         await self._call("PATCH", path, body=[dict(op) for op in ops], content_type="application/json-patch+json")
 
     async def node_exists(self, name: str) -> bool:
@@ -290,17 +305,15 @@ class KubeApi:
         self, gi: resource.GadgetInstanceResource, *, warning: bool, reason: str, message: str
     ) -> None:
         now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+        namespace = event_namespace(gi)
+        involved: dict[str, str] = {"apiVersion": gi.kind.api_version, "kind": gi.kind.kind, "name": gi.name}
+        if gi.kind.namespaced:
+            involved["namespace"] = gi.namespace
         body = {
             "apiVersion": "v1",
             "kind": "Event",
-            "metadata": {"name": f"{gi.name}.{uuid.uuid4().hex[:16]}", "namespace": gi.namespace},
-            "involvedObject": {
-                "apiVersion": f"{resource.GROUP}/{resource.VERSION}",
-                "kind": resource.KIND,
-                "name": gi.name,
-                "namespace": gi.namespace,
-                "uid": gi.uid,
-            },
+            "metadata": {"name": f"{gi.name}.{uuid.uuid4().hex[:16]}", "namespace": namespace},
+            "involvedObject": involved | {"uid": gi.uid},
             "type": "Warning" if warning else "Normal",
             "reason": reason,
             "message": message[:1024],
@@ -313,21 +326,24 @@ class KubeApi:
             "action": reason,
             "count": 1,
         }
-        await self._call("POST", f"/api/v1/namespaces/{gi.namespace}/events", body=body)
+        await self._call("POST", f"/api/v1/namespaces/{namespace}/events", body=body)
 
     @property
     def host(self) -> str:
         """The API server's URL."""
         return self._host
 
-    async def list_gadget_instances(self, namespace: str | None = None) -> list[dict[str, Any]]:
-        """Every GadgetInstance (in ``namespace``, else in every namespace): what a new leader starts from."""
+    async def list_gadget_instances(
+        self, namespace: str | None = None, *, kind: resource.Kind = resource.GADGET_INSTANCE
+    ) -> list[dict[str, Any]]:
+        """Every object of ``kind`` (a GadgetInstance in ``namespace``, else in every namespace; a
+        ClusterGadgetInstance: ``namespace`` must be None): what a new leader starts from."""
         scope = f"/namespaces/{namespace}" if namespace else ""
-        path = f"/apis/{resource.GROUP}/{resource.VERSION}{scope}/{resource.PLURAL}"
+        path = f"/apis/{resource.GROUP}/{resource.VERSION}{scope}/{kind.plural}"
         items = list((await self._call("GET", path)).get("items") or [])
         for item in items:  # a list's items carry no apiVersion and kind; a watch event's object does
-            item.setdefault("apiVersion", f"{resource.GROUP}/{resource.VERSION}")
-            item.setdefault("kind", resource.KIND)
+            item.setdefault("apiVersion", kind.api_version)
+            item.setdefault("kind", kind.kind)
         return items
 
     async def served(self, group: str, version: str, plural: str) -> bool:
@@ -359,6 +375,16 @@ class KubeApi:
     async def update_lease(self, namespace: str, name: str, body: Mapping[str, Any]) -> dict[str, Any]:
         """PUT with the ``metadata.resourceVersion`` read before: 409 (Conflict) when anyone wrote it since."""
         return await self._call("PUT", self._lease_path(namespace, name), body=dict(body))
+
+
+EVENTS_NAMESPACE_OF_CLUSTER_OBJECTS = "default"
+"""Where the Events of a cluster-scoped object go: kubectl, client-go's recorder and the API server's
+own Events use ``default`` (an Event is namespaced; ``kubectl describe cgi`` looks there)."""
+
+
+def event_namespace(gi: resource.GadgetInstanceResource) -> str:
+    """The namespace of the Events about ``gi``."""
+    return gi.namespace if gi.kind.namespaced else EVENTS_NAMESPACE_OF_CLUSTER_OBJECTS
 
 
 ListCall = Callable[[], Awaitable[tuple[list[dict[str, Any]], str]]]

@@ -36,7 +36,9 @@ from gadget_operator import (
     metrics,
     planner,
     readiness,
+    resource,
     rollout,
+    tenancy,
     validation,
 )
 from gadget_operator.daemon import model
@@ -112,6 +114,8 @@ class Reconciler:
         )
         """No instance of a spec is created before its dry run passed."""
         self.rollouts = rollout.RollingUpdates(self)
+        self.refusals: dict[str, tenancy.Refusal] = {}
+        """Resources the operator refuses to run (``tenancy``), by UID."""
         self.shared = SharedPlacement(self) if settings.discovery.daemon_store is DaemonStore.SHARED else None
         topology.on_change = self.on_topology_change
 
@@ -152,7 +156,7 @@ class Reconciler:
     # -- inputs ------------------------------------------------------------------------------------
 
     async def observe(self, event_type: str | None, body: dict[str, object]) -> None:
-        """A watch event of a GadgetInstance (kopf.on.event)."""
+        """A watch event of a GadgetInstance or a ClusterGadgetInstance (kopf.on.event)."""
         metadata = body.get("metadata")
         if not isinstance(metadata, dict) or "uid" not in metadata:
             return
@@ -160,7 +164,7 @@ class Reconciler:
         if event_type == "DELETED":
             self._forget(uid)
             return
-        gi = GadgetInstanceResource.from_body(body)
+        gi = self._admit(GadgetInstanceResource.from_body(body))
         previous = self.resources.get(uid)
         if previous is not None and _older(gi.resource_version, previous.resource_version):
             return  # we already hold a newer copy (the response of our own status write)
@@ -186,6 +190,16 @@ class Reconciler:
         elif previous.status != gi.status:
             # Someone else (or our own write) changed the status: re-check it, do not re-plan.
             self.writer.mark(uid)
+
+    def _admit(self, gi: GadgetInstanceResource) -> GadgetInstanceResource:
+        """Tenancy (``tenancy.admit``): a refused resource runs nothing, as an invalid spec does, and its
+        status says why; an admitted namespaced one runs confined to its namespace."""
+        admitted = tenancy.admit(gi, self.settings.tenancy.allowed_images)
+        if isinstance(admitted, tenancy.Refusal):
+            self.refusals[gi.uid] = admitted
+            return replace(gi, spec=None)
+        self.refusals.pop(gi.uid, None)
+        return admitted
 
     def on_topology_change(self, nodes: set[str]) -> None:
         self.desired.topology_changed(nodes)
@@ -551,6 +565,7 @@ class Reconciler:
     def _forget(self, uid: str) -> None:
         self.report.count_phase(uid, None)
         self.finalizers.forget(uid)
+        self.refusals.pop(uid, None)
         self.desired.forget(uid)
         self.rollouts.registry.forget(uid)
         gi = self.resources.pop(uid, None)
@@ -573,9 +588,9 @@ class Reconciler:
         (a restart must not ask about each instance); then one GET confirms it."""
         if owner.resource_uid in self.resources or not self._resources_listed:
             return False
-        namespace, _, name = owner.resource.partition("/")
+        kind, namespace, name = resource.locate(owner.resource)
         try:
-            body = await self.api.get_gadget_instance(namespace, name)
+            body = await self.api.get_gadget_instance(namespace, name, kind=kind)
         except Exception as error:
             logger.warning("cannot confirm that %s is gone, keeping its instances: %s", owner.resource, error)
             return False

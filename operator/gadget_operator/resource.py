@@ -1,5 +1,11 @@
 """The GadgetInstance resource: API constants, the parsed spec, and parsing with field-path errors.
 
+Two kinds share the spec and the status and are reconciled alike (``Kind``): the namespaced
+``GadgetInstance`` and the cluster-scoped ``ClusterGadgetInstance``, for cluster admins (node-wide and
+cross-namespace gadgets). A resource's ``key`` says which: ``namespace/name`` for a GadgetInstance, the
+bare ``name`` for a ClusterGadgetInstance (a name never holds a ``/``); the instances' ownership tags
+carry that key, and ``locate`` reads it back.
+
 The CRD in ``crds/`` rejects most bad input at admission; this parser is the second line (a resource
 applied before the CRD was updated, or a rule a schema cannot express) and turns what is left into a
 ``SpecError`` naming the field, which the operator reports as ``phase: Failed`` in the status.
@@ -22,6 +28,51 @@ KIND = "GadgetInstance"
 PLURAL = "gadgetinstances"
 SHORT_NAME = "gi"
 FINALIZER = "gadget-operator.io/cleanup"
+CLUSTER_KIND = "ClusterGadgetInstance"
+CLUSTER_PLURAL = "clustergadgetinstances"
+CLUSTER_SHORT_NAME = "cgi"
+
+
+@dataclass(frozen=True, slots=True)
+class Kind:
+    """One of the kinds the operator reconciles: the same spec, status and handling, another scope."""
+
+    kind: str
+    plural: str
+    short_name: str
+    namespaced: bool
+
+    @property
+    def api_version(self) -> str:
+        return f"{GROUP}/{VERSION}"
+
+    def key(self, namespace: str, name: str) -> str:
+        """What identifies an object of this kind among every object of both kinds."""
+        return f"{namespace}/{name}" if self.namespaced else name
+
+
+GADGET_INSTANCE = Kind(KIND, PLURAL, SHORT_NAME, namespaced=True)
+CLUSTER_GADGET_INSTANCE = Kind(CLUSTER_KIND, CLUSTER_PLURAL, CLUSTER_SHORT_NAME, namespaced=False)
+KINDS = (GADGET_INSTANCE, CLUSTER_GADGET_INSTANCE)
+"""Every kind, in the order the operator lists them at start-up."""
+
+
+def kind_named(kind: object) -> Kind:
+    """The Kind of a body's ``kind`` field; a body without one (a unit test's) is a GadgetInstance."""
+    for candidate in KINDS:
+        if candidate.kind == kind:
+            return candidate
+    return GADGET_INSTANCE
+
+
+def locate(key: str) -> tuple[Kind, str, str]:
+    """(kind, namespace, name) of a resource's ``key`` (as its instances' ownership tags carry it): a
+    ``namespace/name`` is a GadgetInstance, a bare ``name`` a ClusterGadgetInstance."""
+    namespace, sep, name = key.partition("/")
+    if sep:
+        return GADGET_INSTANCE, namespace, name
+    return CLUSTER_GADGET_INSTANCE, "", key
+
 
 MAX_PARAMS = 64
 MAX_TAGS = 32
@@ -299,7 +350,8 @@ def _selector(raw: Any, path: str) -> LabelSelector:
 
 @dataclass(frozen=True, slots=True)
 class GadgetInstanceResource:
-    """What the operator needs of one GadgetInstance object, parsed once per watch event."""
+    """What the operator needs of one GadgetInstance or ClusterGadgetInstance object, parsed once per
+    watch event (``namespace`` is empty for a ClusterGadgetInstance)."""
 
     uid: str
     namespace: str
@@ -311,10 +363,11 @@ class GadgetInstanceResource:
     deleting: bool
     finalizers: tuple[str, ...]
     status: Mapping[str, Any]
+    kind: Kind = GADGET_INSTANCE
 
     @property
     def key(self) -> str:
-        return f"{self.namespace}/{self.name}"
+        return self.kind.key(self.namespace, self.name)
 
     @property
     def has_finalizer(self) -> bool:
@@ -334,9 +387,10 @@ class GadgetInstanceResource:
             spec = parse_spec(body.get("spec"))
         except SpecError as error:
             spec_error = str(error)
+        kind = kind_named(body.get("kind"))
         return cls(
             uid=metadata["uid"],
-            namespace=metadata.get("namespace", ""),
+            namespace=metadata.get("namespace", "") if kind.namespaced else "",
             name=metadata["name"],
             generation=int(metadata.get("generation", 1)),
             resource_version=str(metadata.get("resourceVersion", "")),
@@ -345,4 +399,5 @@ class GadgetInstanceResource:
             deleting=bool(metadata.get("deletionTimestamp")),
             finalizers=tuple(metadata.get("finalizers") or ()),
             status=dict(body.get("status") or {}),
+            kind=kind,
         )

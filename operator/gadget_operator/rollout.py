@@ -215,7 +215,7 @@ class RollingUpdates:
         partial: set[str] = set()
         for uid, gi in self.rec.resources.items():
             spec = gi.spec
-            plan = self.of(gi) if gi.active and spec is not None and self.rec.dry_runs.accepted(spec) else None
+            plan = self.of(gi) if gi.active and spec is not None and self.rec.dry_runs.accepted(gi) else None
             if plan is None or spec is None:
                 continue
             targets = set(self._targets(gi, spec))

@@ -10,6 +10,8 @@ import enum
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from gadget_operator.tenancy import DEFAULT_ALLOWED_IMAGES
+
 
 class DiscoveryMode(enum.StrEnum):
     PODS = "pods"
@@ -138,6 +140,14 @@ class LivenessSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class TenancySettings:
+    """Who may trace what (``tenancy``)."""
+
+    allowed_images: tuple[str, ...] = DEFAULT_ALLOWED_IMAGES
+    """Shell-style patterns of the full image references that may run; others are refused."""
+
+
+@dataclass(frozen=True, slots=True)
 class Settings:
     discovery: DiscoverySettings = field(default_factory=DiscoverySettings)
     executor: ExecutorSettings = field(default_factory=ExecutorSettings)
@@ -150,6 +160,7 @@ class Settings:
     leader_election: LeaderElectionSettings = field(default_factory=lambda: LeaderElectionSettings())
     namespaces: tuple[str, ...] = ()
     """The namespaces whose GadgetInstances are handled; empty: every namespace."""
+    tenancy: TenancySettings = field(default_factory=TenancySettings)
 
 
 @dataclass(frozen=True, slots=True)

@@ -93,6 +93,14 @@ class Progress:
 
 
 @dataclass(frozen=True, slots=True)
+class Refused:
+    """Why nothing of a resource may run: the gadget rejected its spec, or the operator refuses it."""
+
+    reason: str
+    message: str
+
+
+@dataclass(frozen=True, slots=True)
 class Observed:
     """What every status computation starts from: the resource as last seen and the time."""
 
@@ -108,7 +116,7 @@ def compute_status(
     desired_nodes: Iterable[str] = (),
     outcomes: Mapping[str, NodeOutcome] | None = None,
     spec_error: str | None = None,
-    rejected: str | None = None,
+    rejected: Refused | None = None,
     finalizer_error: str | None = None,
     suspended: bool = False,
     deleting: bool = False,
@@ -188,7 +196,7 @@ def _judge(
     broken: list[NodeOutcome],
     cleaning: int,
     spec_error: str | None,
-    rejected: str | None,
+    rejected: Refused | None,
     finalizer_error: str | None,
     suspended: bool,
     deleting: bool,
@@ -211,7 +219,7 @@ def _judge(
     if spec_error is not None:
         return _settled(Phase.FAILED, "InvalidSpec", f"invalid spec: {spec_error}", ready=False, degraded=True)
     if rejected is not None:
-        return _settled(Phase.FAILED, "GadgetRejected", rejected, ready=False, degraded=True)
+        return _settled(Phase.FAILED, rejected.reason, rejected.message, ready=False, degraded=True)
     if finalizer_error is not None:
         message = f"cannot add the cleanup finalizer, retrying with backoff; nothing runs until then: {finalizer_error}"
         return _settled(Phase.PENDING, "FinalizerRefused", message, ready=False, degraded=True)

@@ -53,6 +53,10 @@ class StatusReport:
                 lambda: status.compute_status(observed(), outcomes=outcomes, deleting=True), gi.status, settled=False
             )
         spec = gi.spec
+        refusal = self.rec.refusals.get(uid)
+        if refusal is not None:
+            rejection = status.Refused(refusal.reason, refusal.message)
+            return Rendered(lambda: status.compute_status(observed(), rejected=rejection), gi.status, settled=True)
         if spec is None:
             error = gi.spec_error
             return Rendered(lambda: status.compute_status(observed(), spec_error=error), gi.status, settled=True)
@@ -65,10 +69,13 @@ class StatusReport:
                 gi.status,
                 settled=not outcomes,
             )
-        verdict = self.rec.dry_runs.verdicts.get(spec)
+        verdict = self.rec.dry_runs.verdict(gi)
         if verdict is not None and not verdict.accepted:
             message = f"the gadget rejected this spec (dry run on node {verdict.node}): {verdict.message}"
-            return Rendered(lambda: status.compute_status(observed(), rejected=message), gi.status, settled=True)
+            if not verdict.confinable:
+                message = verdict.message
+            rejection = status.Refused(verdict.reason, message)
+            return Rendered(lambda: status.compute_status(observed(), rejected=rejection), gi.status, settled=True)
         checking = verdict is None
         expected = {node: self.rec.desired.expected_id(gi, spec, node) for node in matching}
         settled = not checking and not any(_unsettled(outcomes.get(node), expected[node]) for node in matching)
@@ -106,7 +113,7 @@ class StatusReport:
         patch: dict[str, Any] = {key: None for key in gi.status if key not in new}
         patch.update(new)
         try:
-            body = await self.rec.api.patch_status(gi.namespace, gi.name, patch)
+            body = await self.rec.api.patch_status(gi.namespace, gi.name, patch, kind=gi.kind)
         except kube.KubeApiError as error:
             metrics.STATUS_WRITES.labels(result="error").inc()
             if error.status == 404:
@@ -118,7 +125,7 @@ class StatusReport:
             self.rec._spawn(self._announce(gi, new))
 
     async def _announce(self, gi: GadgetInstanceResource, new: dict[str, Any]) -> None:
-        """A Kubernetes Event on each phase change, so `kubectl describe gi` tells the story."""
+        """A Kubernetes Event on each phase change, so `kubectl describe gi` (or `cgi`) tells the story."""
         phase = str(new.get("phase"))
         try:
             await self.rec.api.post_event(

@@ -28,6 +28,10 @@ class Verdict:
     """The node whose daemon ran the dry run."""
     message: str = ""
     """The gadget's own error, when rejected."""
+    confinable: bool = True
+    """Whether the gadget lists the Kubernetes namespace filter, so a namespaced resource can be
+    confined to its namespace (``tenancy.confinable``)."""
+    reason: str = "GadgetRejected"
 
 
 def check_key(spec: GadgetInstanceSpec) -> str:

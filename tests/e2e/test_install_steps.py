@@ -66,6 +66,7 @@ REMOTE_TARGET = re.compile(re.escape(REPO_URL) + r"//(?P<path>[^?\s'\"]+)\?ref=(
 E2E_KUBECONFIG = os.environ.get("GADGET_E2E_KUBECONFIG")
 RELEASE_NAMESPACE = "gadget-operator-system"
 CRD_NAME = "gadgetinstances.gadget-operator.io"
+CLUSTER_CRD_NAME = "clustergadgetinstances.gadget-operator.io"
 DAEMON_NAMESPACE = "gadget"
 
 # The blocks the end-to-end tests run, each exactly once in the section.
@@ -650,7 +651,8 @@ def test_the_install_commands_render(section: Section, rendered: Rendered) -> No
         deployments = [o for o in rendered.by_command[command] if o["kind"] == "Deployment"]
         crds = [o for o in rendered.by_command[command] if o["kind"] == "CustomResourceDefinition"]
         assert len(deployments) == 1, f"`{command}` installs {len(deployments)} operator Deployments"
-        assert [c["metadata"]["name"] for c in crds] == [CRD_NAME], f"`{command}` does not install the CRD"
+        names = sorted(c["metadata"]["name"] for c in crds)
+        assert names == [CLUSTER_CRD_NAME, CRD_NAME], f"`{command}` does not install both CRDs"
         for container in deployments[0]["spec"]["template"]["spec"]["containers"]:
             names = {env["name"] for env in container.get("env", [])}
             unknown = {n for n in names if n.startswith(f"{cli.ENV_PREFIX}_")} - RUN_FLAG_ENV
@@ -664,6 +666,7 @@ def test_the_e2e_blocks_install_what_they_verify(section: Section, rendered: Ren
         names = {(o["kind"], o["metadata"]["name"], o["metadata"].get("namespace")) for o in objects}
         assert ("Deployment", "gadget-operator", RELEASE_NAMESPACE) in names, install
         assert ("CustomResourceDefinition", CRD_NAME, None) in names, install
+        assert ("CustomResourceDefinition", CLUSTER_CRD_NAME, None) in names, install
     # The kubectl uninstall removes exactly what the kubectl install applied.
     (install,) = split_commands(section.e2e("kustomize-install"))
     (uninstall,) = split_commands(section.e2e("kustomize-uninstall"))
@@ -890,7 +893,9 @@ class Cluster:
                 self.run("kubectl", "-n", namespace, "patch", "gi", name, "--type=json", f"-p={patch}", check=False)
         self.run("helm", "uninstall", "gadget-operator", "--namespace", RELEASE_NAMESPACE, check=False)
         self.run("kubectl", "delete", "-k", "manifests/base", "--ignore-not-found", "--timeout=300s", check=False)
-        self.run("kubectl", "delete", "crd", CRD_NAME, "--ignore-not-found", check=False)
+        if self.exists("crd", CLUSTER_CRD_NAME):
+            self.run("kubectl", "delete", "cgi", "--all", "--timeout=120s", check=False)
+        self.run("kubectl", "delete", "crd", CRD_NAME, CLUSTER_CRD_NAME, "--ignore-not-found", check=False)
         self.run("kubectl", "delete", "namespace", RELEASE_NAMESPACE, "--ignore-not-found", check=False)
 
 
@@ -943,6 +948,7 @@ def test_e2e_install_and_uninstall_with_kubectl(cluster: Cluster) -> None:
         cluster.run_block("kustomize-uninstall")
         assert not cluster.exists("namespace", RELEASE_NAMESPACE)
         assert not cluster.exists("crd", CRD_NAME)
+        assert not cluster.exists("crd", CLUSTER_CRD_NAME)
         assert not cluster.exists("-n", DAEMON_NAMESPACE, "role", "gadget-operator-daemon-pods")
     finally:
         cluster.cleanup()
@@ -966,5 +972,6 @@ def test_e2e_install_and_uninstall_with_helm(cluster: Cluster) -> None:
         cluster.run_block("helm-cleanup")
         assert not cluster.exists("namespace", RELEASE_NAMESPACE)
         assert not cluster.exists("crd", CRD_NAME)
+        assert not cluster.exists("crd", CLUSTER_CRD_NAME)
     finally:
         cluster.cleanup()

@@ -825,3 +825,105 @@ async def test_denied_verbs_answer_403_before_anything_else(
     emulator.allow("update", "leases")
     status, _ = await call(http, "PUT", f"{LEASES}/lock", created)
     assert status == 200
+
+
+# -- cluster-scoped custom resources (a CRD with scope: Cluster) ---------------------------------------
+
+GADGETS = "/apis/example.test/v1/gadgets"
+
+
+def cluster_crd() -> dict[str, Any]:
+    crd = copy.deepcopy(WIDGET_CRD)
+    crd["metadata"]["name"] = "gadgets.example.test"
+    crd["spec"]["scope"] = "Cluster"
+    crd["spec"]["names"] = {"plural": "gadgets", "singular": "gadget", "kind": "Gadget", "shortNames": ["gd"]}
+    return crd
+
+
+async def test_a_cluster_scoped_crd_is_served_without_namespaces(
+    emulator: KubeEmulator, http: aiohttp.ClientSession
+) -> None:
+    emulator.register_crd(cluster_crd())
+    _, discovery = await call(http, "GET", "/apis/example.test/v1")
+    scopes = {r["name"]: r["namespaced"] for r in discovery["resources"]}
+    assert scopes["gadgets"] is False
+    assert scopes["gadgets/status"] is False
+    assert scopes["widgets"] is True
+
+    # A namespace in the body is dropped (as the real server does); the object has none.
+    body = {"metadata": {"name": "g", "namespace": "default"}, "spec": {"size": 1}, "status": {"x": 1}}
+    status, created = await call(http, "POST", GADGETS, body)
+    assert status == 201, created
+    assert "namespace" not in created["metadata"]
+    assert "status" not in created
+    assert created["spec"] == {"size": 1, "color": "blue"}  # the schema's defaults apply too
+    # Under a namespace, a cluster-scoped resource does not exist.
+    assert (await call(http, "GET", "/apis/example.test/v1/namespaces/default/gadgets/g"))[0] == 404
+    assert (await call(http, "POST", "/apis/example.test/v1/namespaces/default/gadgets", body))[0] == 404
+    status, listed = await call(http, "GET", GADGETS)
+    assert (status, [o["metadata"]["name"] for o in listed["items"]]) == (200, ["g"])
+    assert emulator.get("example.test/v1", "gadgets", "g") is not None
+    assert emulator.get("example.test/v1", "gadgets", "g", "default") is not None  # a namespace is ignored
+
+
+async def test_a_cluster_scoped_resource_has_a_status_subresource_and_generation(
+    emulator: KubeEmulator, http: aiohttp.ClientSession
+) -> None:
+    emulator.register_crd(cluster_crd())
+    status, _ = await call(http, "POST", GADGETS, {"metadata": {"name": "g"}, "spec": {"size": 1}})
+    assert status == 201
+    merge = "application/merge-patch+json"
+    status, patched = await call(http, "PATCH", f"{GADGETS}/g/status", {"status": {"phase": "Running"}}, merge)
+    assert status == 200
+    assert patched["status"] == {"phase": "Running"}
+    assert patched["metadata"]["generation"] == 1  # a status write is no spec change
+    # The main resource ignores status; a spec change bumps generation.
+    status, patched = await call(http, "PATCH", f"{GADGETS}/g", {"spec": {"size": 2}, "status": {"phase": "X"}}, merge)
+    assert status == 200
+    assert (patched["metadata"]["generation"], patched["status"]) == (2, {"phase": "Running"})
+
+
+async def test_a_cluster_scoped_resource_waits_for_its_finalizers(
+    emulator: KubeEmulator, http: aiohttp.ClientSession
+) -> None:
+    emulator.register_crd(cluster_crd())
+    body = {"metadata": {"name": "g", "finalizers": ["example.test/f"]}, "spec": {"size": 1}}
+    status, created = await call(http, "POST", GADGETS, body)
+    assert status == 201
+    rv = created["metadata"]["resourceVersion"]
+    async with http.get(GADGETS, params={"watch": "1", "resourceVersion": rv}) as stream:
+        status, deleting = await call(http, "DELETE", f"{GADGETS}/g")
+        assert status == 200
+        assert deleting["metadata"]["deletionTimestamp"]
+        assert (await call(http, "GET", f"{GADGETS}/g"))[0] == 200
+        remove = [
+            {"op": "test", "path": "/metadata/finalizers/0", "value": "example.test/f"},
+            {"op": "remove", "path": "/metadata/finalizers/0"},
+        ]
+        status, _ = await call(http, "PATCH", f"{GADGETS}/g", remove, "application/json-patch+json")
+        assert status == 200
+        events = await next_events(stream, 2)
+    assert summary(events) == [("MODIFIED", "g"), ("DELETED", "g")]
+    assert (await call(http, "GET", f"{GADGETS}/g"))[0] == 404
+    assert emulator.get("example.test/v1", "gadgets", "g") is None
+
+
+async def test_an_event_about_a_cluster_scoped_object_lives_in_default(http: aiohttp.ClientSession) -> None:
+    def event(namespace: str, involved: dict[str, str]) -> dict[str, Any]:
+        return {
+            "metadata": {"name": f"e.{uuid.uuid4().hex[:8]}", "namespace": namespace},
+            "involvedObject": {"kind": "Gadget", "name": "g"} | involved,
+            "reason": "Running",
+        }
+
+    ok, _ = await call(http, "POST", "/api/v1/namespaces/default/events", event("default", {}))
+    assert ok == 201
+    status, error = await call(http, "POST", "/api/v1/namespaces/kube-system/events", event("kube-system", {}))
+    assert status == 422
+    assert "involvedObject.namespace" in error["message"]
+    status, _ = await call(http, "POST", "/api/v1/namespaces/default/events", event("default", {"namespace": "x"}))
+    assert status == 422
+    same = await call(
+        http, "POST", "/api/v1/namespaces/kube-system/events", event("kube-system", {"namespace": "kube-system"})
+    )
+    assert same[0] == 201

@@ -5,26 +5,30 @@ from __future__ import annotations
 import contextlib
 import shutil
 import tempfile
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 from kubernetes.aio import client as kclient
 from kubernetes.aio.client.exceptions import ApiException
 
+from gadget_operator import tenancy, validation
 from gadget_operator.daemon.client import DaemonPool
+from gadget_operator.resource import parse_spec
 from gadget_operator.simulator.configmap_store import ConfigMapStore
 from gadget_operator.simulator.server import Fleet
 from gadget_operator.testing.kube_emulator import PORT_ANNOTATION_PREFIX, KubeEmulator
 from tests.integration.harness import (
+    CGI,
     E2E_KUBECONFIG,
     Cluster,
     Nodes,
     OperatorProcess,
     emulator_client,
     eventually,
-    load_crd,
+    load_crds,
     real_cluster_client,
     unique,
 )
@@ -50,6 +54,12 @@ class Env:
     @property
     def shared(self) -> bool:
         return self.store == "shared"
+
+    def dry_run_node(self, spec: Mapping[str, Any]) -> str:
+        """The daemon the operator asks first to dry-run ``spec`` of a resource in the test namespace,
+        whose parameters it confines to that namespace (``tenancy``) before it sends them."""
+        params = {**spec.get("params", {}), tenancy.NAMESPACE: self.cluster.namespace}
+        return validation.dry_run_order(parse_spec({**spec, "params": params}), self.nodes.fleet.nodes)[0]
 
     async def restart_operator(self, *extra: str, crash: bool = False) -> None:
         if crash:
@@ -80,20 +90,20 @@ def new_operator(cluster: Cluster, static_nodes: Path, *extra: str) -> OperatorP
 @contextlib.asynccontextmanager
 async def api_server() -> AsyncIterator[tuple[Cluster, KubeEmulator | None]]:
     """A test's API server: with GADGET_E2E_KUBECONFIG a namespace of its own on that cluster (the CRD
-    installed; the namespace and the test's Nodes removed afterwards), else a fresh emulator with the CRD."""
+    installed; the namespace and the test's Nodes removed afterwards), else a fresh emulator with the CRDs."""
     if E2E_KUBECONFIG:
         api = await real_cluster_client()
         extensions = kclient.ApiextensionsV1Api(api)
-        crd = load_crd()
-        with contextlib.suppress(ApiException):  # already installed
-            await extensions.create_custom_resource_definition(crd)
+        for crd in load_crds():
+            with contextlib.suppress(ApiException):  # already installed
+                await extensions.create_custom_resource_definition(crd)
 
-        async def established() -> bool:
-            body = await extensions.read_custom_resource_definition(crd["metadata"]["name"])
-            conditions = (body.status and body.status.conditions) or []
-            return any(c.type == "Established" and c.status == "True" for c in conditions)
+            async def established(name: str = crd["metadata"]["name"]) -> bool:
+                body = await extensions.read_custom_resource_definition(name)
+                conditions = (body.status and body.status.conditions) or []
+                return any(c.type == "Established" and c.status == "True" for c in conditions)
 
-        await eventually(established, what="the GadgetInstance CRD established")
+            await eventually(established, what=f"the CRD {crd['metadata']['name']} established")
         namespace = unique("gi-e2e")
         await kclient.CoreV1Api(api).create_namespace({"metadata": {"name": namespace}})
         test_cluster = Cluster(api, namespace, node_prefix=f"{namespace}-node-", kubeconfig=E2E_KUBECONFIG)
@@ -109,7 +119,8 @@ async def api_server() -> AsyncIterator[tuple[Cluster, KubeEmulator | None]]:
         return
     emulator = KubeEmulator()
     url = await emulator.start()
-    emulator.register_crd(load_crd())
+    for crd in load_crds():
+        emulator.register_crd(crd)
     api = emulator_client(url)
     try:
         yield Cluster(api, "default", node_prefix="node-", server=url), emulator
@@ -163,6 +174,10 @@ async def env(request: pytest.FixtureRequest, cluster: tuple[Cluster, KubeEmulat
                 with contextlib.suppress(ApiException):
                     await test_cluster.delete(item["metadata"]["name"])
                     await test_cluster.wait_gone(item["metadata"]["name"])
+            for name in list(test_cluster.created_cluster_objects):
+                with contextlib.suppress(ApiException):
+                    await test_cluster.delete(name, kind=CGI)
+                    await test_cluster.wait_gone(name, kind=CGI)
         code = await test_env.operator.stop()
         await pool.close()
         await fleet.stop()

@@ -31,6 +31,9 @@ from gadget_operator.testing.operator_process import OperatorProcess
 
 ROOT = Path(__file__).resolve().parents[2]
 CRD_PATH = ROOT / "crds" / "gadgetinstances.gadget-operator.io.yaml"
+CLUSTER_CRD_PATH = ROOT / "crds" / "clustergadgetinstances.gadget-operator.io.yaml"
+GI = resource.GADGET_INSTANCE
+CGI = resource.CLUSTER_GADGET_INSTANCE
 E2E_KUBECONFIG = os.environ.get("GADGET_E2E_KUBECONFIG")
 T = TypeVar("T")
 
@@ -54,7 +57,11 @@ async def eventually(probe: Callable[[], Awaitable[T | None]], *, within: float 
 
 @dataclass
 class Cluster:
-    """The API side of a test: the test's own namespace, GadgetInstances and Nodes."""
+    """The API side of a test: the test's own namespace, GadgetInstances and Nodes.
+
+    The resource helpers take ``kind=CGI`` for a ClusterGadgetInstance (cluster-scoped: its name must be
+    unique across tests sharing a real cluster, so use ``unique``; the ones created are deleted after
+    the test, see ``created_cluster_objects``)."""
 
     api: kclient.ApiClient
     namespace: str
@@ -62,6 +69,7 @@ class Cluster:
     server: str | None = None
     kubeconfig: str | None = None
     created_nodes: set[str] = field(default_factory=set)
+    created_cluster_objects: set[str] = field(default_factory=set)
 
     @property
     def custom(self) -> kclient.CustomObjectsApi:
@@ -86,54 +94,73 @@ class Cluster:
         await self.core.delete_node(name)
         self.created_nodes.discard(name)
 
-    async def apply(self, name: str, spec: dict[str, Any]) -> dict[str, Any]:
-        body = {
-            "apiVersion": f"{resource.GROUP}/{resource.VERSION}",
-            "kind": resource.KIND,
-            "metadata": {"name": name, "namespace": self.namespace},
-            "spec": spec,
-        }
+    async def apply(self, name: str, spec: dict[str, Any], *, kind: resource.Kind = GI) -> dict[str, Any]:
+        metadata = {"name": name, "namespace": self.namespace} if kind.namespaced else {"name": name}
+        body = {"apiVersion": kind.api_version, "kind": kind.kind, "metadata": metadata, "spec": spec}
+        if not kind.namespaced:
+            self.created_cluster_objects.add(name)
+            return await self.custom.create_cluster_custom_object(resource.GROUP, resource.VERSION, kind.plural, body)
         return await self.custom.create_namespaced_custom_object(
-            resource.GROUP, resource.VERSION, self.namespace, resource.PLURAL, body
+            resource.GROUP, resource.VERSION, self.namespace, kind.plural, body
         )
 
-    async def patch_spec(self, name: str, spec: dict[str, Any]) -> dict[str, Any]:
+    async def patch_spec(self, name: str, spec: dict[str, Any], *, kind: resource.Kind = GI) -> dict[str, Any]:
+        if not kind.namespaced:
+            return await self.custom.patch_cluster_custom_object(
+                resource.GROUP,
+                resource.VERSION,
+                kind.plural,
+                name,
+                {"spec": spec},
+                _content_type="application/merge-patch+json",
+            )
         return await self.custom.patch_namespaced_custom_object(
             resource.GROUP,
             resource.VERSION,
             self.namespace,
-            resource.PLURAL,
+            kind.plural,
             name,
             {"spec": spec},
             _content_type="application/merge-patch+json",
         )
 
-    async def get(self, name: str) -> dict[str, Any] | None:
+    async def get(self, name: str, *, kind: resource.Kind = GI) -> dict[str, Any] | None:
         try:
+            if not kind.namespaced:
+                return await self.custom.get_cluster_custom_object(resource.GROUP, resource.VERSION, kind.plural, name)
             return await self.custom.get_namespaced_custom_object(
-                resource.GROUP, resource.VERSION, self.namespace, resource.PLURAL, name
+                resource.GROUP, resource.VERSION, self.namespace, kind.plural, name
             )
         except ApiException as error:
             if error.status == 404:
                 return None
             raise
 
-    async def delete(self, name: str) -> None:
+    async def delete(self, name: str, *, kind: resource.Kind = GI) -> None:
+        if not kind.namespaced:
+            await self.custom.delete_cluster_custom_object(resource.GROUP, resource.VERSION, kind.plural, name)
+            return
         await self.custom.delete_namespaced_custom_object(
-            resource.GROUP, resource.VERSION, self.namespace, resource.PLURAL, name
+            resource.GROUP, resource.VERSION, self.namespace, kind.plural, name
         )
 
     async def wait_status(
-        self, name: str, check: Callable[[dict[str, Any]], bool], *, within: float = 20.0, what: str = ""
+        self,
+        name: str,
+        check: Callable[[dict[str, Any]], bool],
+        *,
+        within: float = 20.0,
+        what: str = "",
+        kind: resource.Kind = GI,
     ) -> dict[str, Any]:
         async def probe() -> dict[str, Any] | None:
-            body = await self.get(name)
+            body = await self.get(name, kind=kind)
             return body if body is not None and check(body) else None
 
         try:
             return await eventually(probe, within=within, what=what or f"status of {name}")
         except Timeout as timeout_error:
-            raise Timeout(f"{timeout_error}\nnow: {yaml.safe_dump(await self.get(name))}") from None
+            raise Timeout(f"{timeout_error}\nnow: {yaml.safe_dump(await self.get(name, kind=kind))}") from None
 
     async def wait_phase(self, name: str, phase: str, **kwargs: Any) -> dict[str, Any]:
         def check(body: dict[str, Any]) -> bool:
@@ -175,9 +202,9 @@ class Cluster:
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
 
-    async def wait_gone(self, name: str, *, within: float = 20.0) -> None:
+    async def wait_gone(self, name: str, *, within: float = 20.0, kind: resource.Kind = GI) -> None:
         async def gone() -> bool:
-            return await self.get(name) is None
+            return await self.get(name, kind=kind) is None
 
         await eventually(gone, within=within, what=f"{name} deleted")
 
@@ -229,6 +256,11 @@ def load_crd() -> dict[str, Any]:
     return yaml.safe_load(CRD_PATH.read_text())
 
 
+def load_crds() -> list[dict[str, Any]]:
+    """Every CRD the operator serves: GadgetInstance and ClusterGadgetInstance."""
+    return [yaml.safe_load(path.read_text()) for path in (CRD_PATH, CLUSTER_CRD_PATH)]
+
+
 async def real_cluster_client() -> kclient.ApiClient:
     assert E2E_KUBECONFIG
     configuration = kclient.Configuration()
@@ -241,4 +273,4 @@ def emulator_client(url: str) -> kclient.ApiClient:
     return kclient.ApiClient(configuration)
 
 
-__all__ = ["Cluster", "Nodes", "OperatorProcess", "eventually", "unique"]
+__all__ = ["CGI", "GI", "Cluster", "Nodes", "OperatorProcess", "eventually", "unique"]

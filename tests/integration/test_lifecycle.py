@@ -15,15 +15,14 @@ import aiohttp
 import pytest
 import yaml
 
-from gadget_operator import errors, identity, validation
+from gadget_operator import errors, identity
 from gadget_operator.daemon import model
-from gadget_operator.resource import parse_spec
 from gadget_operator.simulator.state import RunTiming, full_image_name
 from gadget_operator.testing.operator_process import OperatorProcess, free_port
 from tests.integration.conftest import NODE_COUNT, Env
 from tests.integration.harness import E2E_KUBECONFIG, eventually, load_crd
 
-TRACE_EXEC = {"image": "trace_exec", "params": {"operator.KubeManager.namespace": "default"}}
+TRACE_EXEC = {"image": "trace_exec", "params": {"operator.KubeManager.podname": "api-0"}}
 
 
 def condition(body: dict[str, Any], kind: str) -> dict[str, Any]:
@@ -57,7 +56,11 @@ async def test_create_runs_one_instance_per_node_and_reports_ready(env: Env) -> 
     for node, (instance,) in owned.items():
         assert instance.nodes == (() if env.shared else (node,))
         assert instance.image == "trace_exec"
-        assert dict(instance.params) == TRACE_EXEC["params"]
+        # A namespaced resource traces only its own namespace: the operator adds the filter.
+        assert dict(instance.params) == {
+            **TRACE_EXEC["params"],
+            "operator.KubeManager.namespace": env.cluster.namespace,
+        }
         entry = next(e for e in status["nodes"] if e["node"] == node)
         assert (entry["state"], entry["instanceId"]) == ("Running", instance.id)
         assert identity.parse_ownership(instance.tags).resource == f"{env.cluster.namespace}/trace"  # type: ignore[union-attr]
@@ -68,7 +71,7 @@ async def test_a_spec_change_replaces_each_instance_new_first(env: Env) -> None:
     await env.cluster.wait_phase("trace", "Running")
     before = {node: instances[0].id for node, instances in (await env.nodes.owned_by(uid)).items()}
 
-    await env.cluster.patch_spec("trace", {"params": {"operator.KubeManager.namespace": "kube-system"}})
+    await env.cluster.patch_spec("trace", {"params": {"operator.KubeManager.podname": "api-1"}})
     body = await env.cluster.wait_status(
         "trace",
         lambda b: b["status"].get("observedGeneration") == 2 and b["status"].get("phase") == "Running",
@@ -77,7 +80,7 @@ async def test_a_spec_change_replaces_each_instance_new_first(env: Env) -> None:
     owned = await env.nodes.wait_owned(uid, one_each, what="one instance per node after the change")
 
     assert all(owned[node][0].id != old for node, old in before.items())
-    assert all(owned[node][0].params["operator.KubeManager.namespace"] == "kube-system" for node in owned)
+    assert all(owned[node][0].params["operator.KubeManager.podname"] == "api-1" for node in owned)
     assert {e["instanceId"] for e in body["status"]["nodes"]} == {i[0].id for i in owned.values()}
 
 
@@ -422,7 +425,7 @@ async def test_prometheus_metrics_count_what_the_operator_did(env: Env) -> None:
     assert samples['gadget_operator_workqueue_retries_total{name="finalizers"}'] == 0
 
     env.nodes[env.cluster.node_name(2)].faults.hang = True
-    await env.cluster.patch_spec("trace", {"params": {"operator.KubeManager.namespace": "kube-system"}})
+    await env.cluster.patch_spec("trace", {"params": {"operator.KubeManager.podname": "api-1"}})
     await env.cluster.wait_phase("trace", "Degraded")
     async with aiohttp.ClientSession() as session, session.get(f"http://127.0.0.1:{port}/metrics") as response:
         text = await response.text()
@@ -474,7 +477,7 @@ async def test_the_operator_authenticates_with_a_kubeconfig_as_in_a_cluster(env:
 async def test_an_image_one_node_cannot_pull_is_never_ready_and_says_why(env: Env) -> None:
     spec = {"image": "trace_open"}
     # The dry run passes on the daemon it asks first; another node cannot pull the image.
-    checked_on = validation.dry_run_order(parse_spec(spec), env.nodes.fleet.nodes)[0]
+    checked_on = env.dry_run_node(spec)
     broken = next(node for node in env.nodes.fleet.nodes if node != checked_on)
     env.nodes[broken].state.manager.unknown_images = frozenset({full_image_name("trace_open")})
 
@@ -599,7 +602,7 @@ async def test_an_update_that_fails_on_one_node_keeps_the_old_instance_running_t
     uid = (await env.cluster.apply("trace", TRACE_EXEC))["metadata"]["uid"]
     await env.cluster.wait_phase("trace", "Running")
     new_spec = {"image": "trace_open"}
-    checked_on = validation.dry_run_order(parse_spec({**TRACE_EXEC, **new_spec}), env.nodes.fleet.nodes)[0]
+    checked_on = env.dry_run_node({**TRACE_EXEC, **new_spec})
     broken = next(node for node in env.nodes.fleet.nodes if node != checked_on)
     (old,) = (await env.nodes.owned_by(uid))[broken]
     env.nodes[broken].state.manager.unknown_images = frozenset({full_image_name("trace_open")})

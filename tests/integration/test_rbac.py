@@ -3,9 +3,9 @@
 The calls are recorded, not guessed: the emulator logs each request with its User-Agent, and the
 operator's own calls (``gadget-operator/...``) and kopf's (``kopf/...``) are compared with the rules
 ``kubectl kustomize manifests/base`` renders. The scenario touches every kind of call: watches of
-GadgetInstances and Nodes, the daemon-pod watch and port-forward, the watch of IG's instance store
-(ConfigMaps), finalizer and status patches, Events, and the GET that confirms an orphan's resource is
-gone. (Standalone daemons also GET a Node; tests/packaging checks that the overlay adds only that.)
+GadgetInstances, ClusterGadgetInstances and Nodes, the daemon-pod watch and port-forward, the watch of
+IG's instance store (ConfigMaps), finalizer and status patches, Events, and the GET that confirms an
+orphan's resource is gone. (Standalone daemons also GET a Node; tests/packaging checks that the overlay adds only that.)
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from gadget_operator import identity, resource
 from gadget_operator.daemon import model
 from gadget_operator.testing.kube_emulator import KubeEmulator
 from tests.integration.conftest import PodsEnv, daemon_pods
-from tests.integration.harness import E2E_KUBECONFIG, Cluster, eventually
+from tests.integration.harness import CGI, E2E_KUBECONFIG, Cluster, eventually
 from tests.packaging.conftest import BASE, CHART, NAMESPACE, RELEASE, k8s_binaries, load_documents, run
 from tests.packaging.test_consistency import rbac_rules, resource_names
 
@@ -42,7 +42,7 @@ def operator_calls(env: PodsEnv) -> dict[str, set[Call]]:
 
 
 async def exercise(pods_env: PodsEnv) -> None:
-    """Every kind of call: orphans to remove, a resource applied, Running, deleted."""
+    """Every kind of call: orphans to remove, a resource of each kind applied, Running, deleted."""
     node = "node-1"
     ghost = identity.Ownership("6a7c0000-0000-4000-8000-000000000001", "default/ghost", node, "x")
     orphan_id = identity.instance_id(ghost.resource_uid, node, "x")
@@ -56,13 +56,27 @@ async def exercise(pods_env: PodsEnv) -> None:
     await client.create_instance(
         model.GadgetInstance(stranded_id, "stranded", "trace_exec", tags=identity.ownership_tags(stranded))
     )
+    # One of a ClusterGadgetInstance that is gone: its owner is looked up at the cluster scope.
+    cluster_ghost = identity.Ownership("6a7c0000-0000-4000-8000-000000000003", "cluster-ghost", node, "x")
+    cluster_orphan_id = identity.instance_id(cluster_ghost.resource_uid, node, "x")
+    await client.create_instance(
+        model.GadgetInstance(
+            cluster_orphan_id, "cluster-ghost", "trace_exec", tags=identity.ownership_tags(cluster_ghost)
+        )
+    )
     await pods_env.cluster.apply("trace", {"image": "trace_exec"})
+    await pods_env.cluster.apply("trace-all", {"image": "trace_exec"}, kind=CGI)
     await pods_env.cluster.wait_phase("trace", "Running")
+    await pods_env.cluster.wait_status(
+        "trace-all", lambda b: (b.get("status") or {}).get("phase") == "Running", kind=CGI
+    )
     await pods_env.cluster.delete("trace")
+    await pods_env.cluster.delete("trace-all", kind=CGI)
     await pods_env.cluster.wait_gone("trace")
+    await pods_env.cluster.wait_gone("trace-all", kind=CGI)
 
     async def orphans_removed() -> bool:
-        return not {orphan_id, stranded_id} & {i.id for i in await client.list_instances()}
+        return not {orphan_id, stranded_id, cluster_orphan_id} & {i.id for i in await client.list_instances()}
 
     await eventually(orphans_removed, what="orphans removed")
 
@@ -77,6 +91,8 @@ async def test_the_shipped_rbac_rules_are_exactly_the_calls_the_operator_makes(p
         f"granted, never used: { {s: granted[s] - used.get(s, set()) for s in granted} }"
     )
     assert (resource.GROUP, f"{resource.PLURAL}/status", "patch") in used["cluster"]
+    assert (resource.GROUP, f"{resource.CLUSTER_PLURAL}/status", "patch") in used["cluster"]
+    assert (resource.GROUP, resource.CLUSTER_PLURAL, "get") in used["cluster"]  # the orphan's owner
 
 
 async def test_with_leader_election_the_chart_grants_exactly_the_calls_too(

@@ -9,13 +9,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from gadget_operator import validation
-from gadget_operator.resource import parse_spec
 from gadget_operator.simulator.state import RunTiming, full_image_name
 from tests.integration.conftest import NODE_COUNT, Env
 
 ROLLING = {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 1}}
-V1 = {"image": "trace_exec", "params": {"operator.KubeManager.namespace": "default"}, "updateStrategy": ROLLING}
+V1 = {"image": "trace_exec", "params": {"operator.KubeManager.podname": "api-0"}, "updateStrategy": ROLLING}
 
 
 def rollout_of(body: dict[str, Any]) -> dict[str, Any] | None:
@@ -38,7 +36,7 @@ async def images_by_node(env: Env, uid: str) -> dict[str, set[str]]:
 
 def the_dry_run_node(env: Env, change: dict[str, Any]) -> str:
     """The daemon the operator asks first to dry-run ``change`` (so it must be able to run it)."""
-    return validation.dry_run_order(parse_spec({**V1, **change}), env.nodes.fleet.nodes)[0]
+    return env.dry_run_node({**V1, **change})
 
 
 async def test_a_rolling_update_with_a_broken_image_stops_after_the_first_batch_and_resumes_when_fixed(
@@ -77,7 +75,7 @@ async def test_a_rolling_update_with_a_broken_image_stops_after_the_first_batch_
         assert images[entry["node"]] == {"trace_exec"}, "a waiting node keeps the previous spec only"
     assert "trace_exec" in images[failed[0]["node"]], "the failed node keeps the previous spec"
 
-    fixed = {"image": "trace_exec", "params": {"operator.KubeManager.namespace": "kube-system"}}
+    fixed = {"image": "trace_exec", "params": {"operator.KubeManager.podname": "api-1"}}
     await env.cluster.patch_spec("trace", fixed)
     body = await env.cluster.wait_status(
         "trace", lambda b: at_generation(b, 3) and b["status"].get("phase") == "Running", what="the fixed spec runs"
@@ -88,13 +86,13 @@ async def test_a_rolling_update_with_a_broken_image_stops_after_the_first_batch_
         lambda owned: len(owned) == NODE_COUNT and all(len(i) == 1 for i in owned.values()),
         what="one instance of the fixed spec per node",
     )
-    assert all(i.params["operator.KubeManager.namespace"] == "kube-system" for found in owned.values() for i in found)
+    assert all(i.params["operator.KubeManager.podname"] == "api-1" for found in owned.values() for i in found)
 
 
 async def test_a_rolling_update_starts_max_surge_nodes_at_a_time_and_shows_its_progress(env: Env) -> None:
     uid = (await env.cluster.apply("trace", V1))["metadata"]["uid"]
     await env.cluster.wait_phase("trace", "Running")
-    change = {"params": {"operator.KubeManager.namespace": "kube-system"}}
+    change = {"params": {"operator.KubeManager.podname": "api-1"}}
     fast = the_dry_run_node(env, change)
     slow = [node for node in env.nodes.fleet.nodes if node != fast]
     for node in slow:  # the new spec starts only when the test lets it
@@ -141,4 +139,4 @@ async def test_a_rolling_update_starts_max_surge_nodes_at_a_time_and_shows_its_p
         lambda owned: len(owned) == NODE_COUNT and all(len(i) == 1 for i in owned.values()),
         what="the previous spec removed everywhere",
     )
-    assert all(i.params["operator.KubeManager.namespace"] == "kube-system" for found in owned.values() for i in found)
+    assert all(i.params["operator.KubeManager.podname"] == "api-1" for found in owned.values() for i in found)

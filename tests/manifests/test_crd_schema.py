@@ -119,6 +119,47 @@ def test_the_crd_names_the_api_as_the_operator_does() -> None:
     assert version["subresources"] == {"status": {}}
 
 
+CLUSTER_CRD_PATH = crd_validation.REPO / "crds" / f"{resource.CLUSTER_PLURAL}.{resource.GROUP}.yaml"
+CLUSTER_CRD = yaml.safe_load(CLUSTER_CRD_PATH.read_text())
+
+
+@pytest.mark.parametrize("version", ["1.30", kubernetes_validate.latest_version()])
+def test_the_cluster_crd_is_a_valid_customresourcedefinition(version: str) -> None:
+    kubernetes_validate.validate(CLUSTER_CRD, version, strict=True)
+
+
+def test_the_cluster_crd_names_the_cluster_kind_as_the_operator_does() -> None:
+    spec = CLUSTER_CRD["spec"]
+    assert CLUSTER_CRD["metadata"]["name"] == f"{resource.CLUSTER_PLURAL}.{resource.GROUP}"
+    assert spec["scope"] == "Cluster"
+    assert spec["names"] == {
+        "kind": resource.CLUSTER_KIND,
+        "listKind": f"{resource.CLUSTER_KIND}List",
+        "plural": resource.CLUSTER_PLURAL,
+        "singular": resource.CLUSTER_KIND.lower(),
+        "shortNames": [resource.CLUSTER_SHORT_NAME],
+        "categories": ["gadget"],
+    }
+    kinds = {(k.kind, k.plural, k.short_name, k.namespaced) for k in resource.KINDS}
+    assert kinds == {
+        (resource.KIND, resource.PLURAL, resource.SHORT_NAME, True),
+        (resource.CLUSTER_KIND, resource.CLUSTER_PLURAL, resource.CLUSTER_SHORT_NAME, False),
+    }
+
+
+def test_the_two_crds_differ_only_in_scope_and_names() -> None:
+    """Same spec, status, validation rules, printer columns, categories and labels: only what makes the
+    second kind a kind of its own (and cluster-scoped) differs."""
+
+    def without_identity(crd: dict[str, Any]) -> dict[str, Any]:
+        names = {k: v for k, v in crd["spec"]["names"].items() if k == "categories"}
+        spec = {k: v for k, v in crd["spec"].items() if k != "scope"} | {"names": names}
+        return crd | {"metadata": {k: v for k, v in crd["metadata"].items() if k != "name"}, "spec": spec}
+
+    assert without_identity(CLUSTER_CRD) == without_identity(CRD)
+    assert (CRD["spec"]["scope"], CLUSTER_CRD["spec"]["scope"]) == ("Namespaced", "Cluster")
+
+
 def test_kubectl_get_shows_image_ready_phase_and_age() -> None:
     columns = {c["name"]: c for c in crd_validation.storage_version(CRD)["additionalPrinterColumns"]}
     assert [name for name, c in columns.items() if c.get("priority", 0) == 0] == ["Image", "Ready", "Phase", "Age"]
@@ -182,9 +223,16 @@ def test_there_are_examples_of_both_kinds() -> None:
 def test_an_example_is_admitted_and_parses(path: Path) -> None:
     document = load(path)
     assert document["apiVersion"] == f"{resource.GROUP}/{resource.VERSION}"
-    assert document["kind"] == resource.KIND
-    assert crd_validation.validate(document) == []
+    kind = resource.kind_named(document["kind"])
+    assert document["kind"] == kind.kind
+    assert kind.namespaced or "namespace" not in document["metadata"]  # a cluster object has none
+    assert crd_validation.validate(document, CLUSTER_CRD if not kind.namespaced else None) == []
     resource.parse_spec(document["spec"])
+
+
+def test_there_are_examples_of_the_cluster_kind_too() -> None:
+    kinds = {load(path)["kind"] for path in VALID}
+    assert kinds == {resource.KIND, resource.CLUSTER_KIND}
 
 
 @pytest.mark.parametrize("path", INVALID, ids=lambda p: p.name)

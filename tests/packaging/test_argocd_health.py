@@ -16,11 +16,13 @@ import lupa.lua54
 import pytest
 import yaml
 
+from gadget_operator import resource
 from tests.packaging.conftest import ROOT
 
 SCRIPT = ROOT / "manifests" / "argocd" / "gadgetinstance-health.lua"
 CM_PATCH = ROOT / "manifests" / "argocd" / "argocd-cm-patch.yaml"
 CM_KEY = "resource.customizations.health.gadget-operator.io_GadgetInstance"
+CM_KEYS = [f"resource.customizations.health.gadget-operator.io_{kind.kind}" for kind in resource.KINDS]
 ARGO_STATUSES = {"Healthy", "Progressing", "Degraded", "Suspended", "Missing", "Unknown"}
 
 
@@ -171,3 +173,20 @@ def test_the_config_map_patch_carries_the_same_script() -> None:
     assert (patch["apiVersion"], patch["kind"]) == ("v1", "ConfigMap")
     assert patch["metadata"]["name"] == "argocd-cm"
     assert patch["data"][CM_KEY] == SCRIPT.read_text()
+
+
+def test_the_config_map_patch_covers_every_kind_with_the_same_script() -> None:
+    """Argo CD looks a health check up by group and kind: the cluster kind needs its own key."""
+    patch = yaml.safe_load(CM_PATCH.read_text())
+    assert sorted(patch["data"]) == sorted(CM_KEYS)
+    assert all(patch["data"][key] == SCRIPT.read_text() for key in CM_KEYS)
+
+
+def test_a_cluster_gadget_instance_is_judged_like_a_gadget_instance(health: Any) -> None:
+    cluster = copy.deepcopy(READY) | {"kind": "ClusterGadgetInstance"}
+    cluster["metadata"] = {"name": "trace-all", "generation": 3}  # no namespace
+    assert health(cluster) == health(READY) == {"status": "Healthy", "message": "Running on 3 of 3 nodes"}
+    cluster["status"]["phase"] = "Failed"
+    cluster["status"]["conditions"] = [condition("Ready", "False", "Failed", "the gadget rejected this spec")]
+    cluster["status"]["message"] = "the gadget rejected this spec"
+    assert health(cluster) == {"status": "Degraded", "message": "the gadget rejected this spec"}

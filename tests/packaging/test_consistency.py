@@ -42,6 +42,8 @@ def rbac_grants(objects: Sequence[Mapping[str, Any]]) -> tuple[dict[str, set[Rul
     named: dict[tuple[str, Rule], set[str]] = {}
     unlimited: set[tuple[str, Rule]] = set()
     for role in find(objects, "ClusterRole") + find(objects, "Role"):
+        if role["metadata"].get("labels", {}).get("app.kubernetes.io/component") == "user-roles":
+            continue  # roles to hand out, not the operator's (tests/manifests/test_user_roles.py)
         scope = role["metadata"].get("namespace", "cluster") if role["kind"] == "Role" else "cluster"
         bound = [
             b
@@ -78,6 +80,11 @@ EXPECTED_RULES = {
         ("gadget-operator.io", "gadgetinstances", "watch"),
         ("gadget-operator.io", "gadgetinstances", "patch"),
         ("gadget-operator.io", "gadgetinstances/status", "patch"),
+        ("gadget-operator.io", "clustergadgetinstances", "get"),
+        ("gadget-operator.io", "clustergadgetinstances", "list"),
+        ("gadget-operator.io", "clustergadgetinstances", "watch"),
+        ("gadget-operator.io", "clustergadgetinstances", "patch"),
+        ("gadget-operator.io", "clustergadgetinstances/status", "patch"),
         ("", "nodes", "list"),
         ("", "nodes", "watch"),
         ("", "events", "create"),

@@ -41,10 +41,12 @@ def test_lint_strict_with_custom_values(helm: Path, tmp_path: Path) -> None:
 
 
 def test_chart_crd_is_an_exact_copy_of_the_repository_crd() -> None:
-    name = "gadgetinstances.gadget-operator.io.yaml"
-    source, copy = ROOT / "crds" / name, CHART / "crds" / name
-    assert copy.read_bytes() == source.read_bytes(), f"stale chart CRD; run: cp {source} {copy}"
-    assert sorted(p.name for p in (CHART / "crds").iterdir()) == [name]
+    names = sorted(p.name for p in (ROOT / "crds").glob("*.yaml"))
+    assert names == ["clustergadgetinstances.gadget-operator.io.yaml", "gadgetinstances.gadget-operator.io.yaml"]
+    for name in names:
+        source, copy = ROOT / "crds" / name, CHART / "crds" / name
+        assert copy.read_bytes() == source.read_bytes(), "stale chart CRD; run: python tools/crdgen.py"
+    assert sorted(p.name for p in (CHART / "crds").iterdir()) == names
 
 
 def test_default_values_render_valid_objects(chart_default: list[dict[str, Any]]) -> None:
@@ -53,6 +55,7 @@ def test_default_values_render_valid_objects(chart_default: list[dict[str, Any]]
     assert kinds == sorted(
         [
             "CustomResourceDefinition",
+            "CustomResourceDefinition",
             "ServiceAccount",
             "ClusterRole",
             "ClusterRoleBinding",
@@ -60,10 +63,23 @@ def test_default_values_render_valid_objects(chart_default: list[dict[str, Any]]
             "RoleBinding",
             "Service",
             "Deployment",
+            # userRoles: GadgetInstances edit and view, ClusterGadgetInstances admin (bound to nobody).
+            "ClusterRole",
+            "ClusterRole",
+            "ClusterRole",
+            # admissionPolicy
+            "ValidatingAdmissionPolicy",
+            "ValidatingAdmissionPolicyBinding",
         ]
     )
     for obj in chart_default:
-        if obj["kind"] not in ("CustomResourceDefinition", "ClusterRole", "ClusterRoleBinding"):
+        if obj["kind"] not in (
+            "CustomResourceDefinition",
+            "ClusterRole",
+            "ClusterRoleBinding",
+            "ValidatingAdmissionPolicy",
+            "ValidatingAdmissionPolicyBinding",
+        ):
             expected = "gadget" if obj["kind"] in ("Role", "RoleBinding") else NAMESPACE
             assert obj["metadata"]["namespace"] == expected, obj["metadata"]
 
@@ -212,7 +228,14 @@ def test_metrics_disabled(helm_template: Render) -> None:
 
 
 def test_without_rbac_and_service_account(helm_template: Render) -> None:
-    objects = helm_template({"rbac": {"create": False}, "serviceAccount": {"create": False, "name": "mine"}})
+    objects = helm_template(
+        {
+            "rbac": {"create": False},
+            "serviceAccount": {"create": False, "name": "mine"},
+            "userRoles": {"create": False},
+            "admissionPolicy": {"enabled": False},
+        }
+    )
     validate_all(objects)
     assert {o["kind"] for o in objects} == {"CustomResourceDefinition", "Service", "Deployment"}
     assert one(objects, "Deployment")["spec"]["template"]["spec"]["serviceAccountName"] == "mine"

@@ -23,7 +23,11 @@ def test_base_renders_valid_objects(base: list[dict[str, Any]]) -> None:
     assert validate_all(base) == []
     assert sorted((o["kind"], o["metadata"]["name"]) for o in base) == [
         ("ClusterRole", "gadget-operator"),
+        ("ClusterRole", "gadget-operator-clustergadgetinstances-admin"),
+        ("ClusterRole", "gadget-operator-gadgetinstances-edit"),
+        ("ClusterRole", "gadget-operator-gadgetinstances-view"),
         ("ClusterRoleBinding", "gadget-operator"),
+        ("CustomResourceDefinition", "clustergadgetinstances.gadget-operator.io"),
         ("CustomResourceDefinition", "gadgetinstances.gadget-operator.io"),
         ("Deployment", "gadget-operator"),
         ("Namespace", NAMESPACE),
@@ -31,12 +35,15 @@ def test_base_renders_valid_objects(base: list[dict[str, Any]]) -> None:
         ("RoleBinding", "gadget-operator-daemon-pods"),
         ("Service", "gadget-operator-metrics"),
         ("ServiceAccount", "gadget-operator"),
+        ("ValidatingAdmissionPolicy", "gadget-operator-tenancy"),
+        ("ValidatingAdmissionPolicyBinding", "gadget-operator-tenancy"),
     ]
 
 
-def test_base_uses_the_repository_crd_unchanged(base: list[dict[str, Any]]) -> None:
-    crd = yaml.safe_load((ROOT / "crds" / "gadgetinstances.gadget-operator.io.yaml").read_text())
-    assert one(base, "CustomResourceDefinition") == crd
+def test_base_uses_the_repository_crds_unchanged(base: list[dict[str, Any]]) -> None:
+    crds = [yaml.safe_load(path.read_text()) for path in sorted((ROOT / "crds").glob("*.yaml"))]
+    assert len(crds) == 2
+    assert sorted(find(base, "CustomResourceDefinition"), key=lambda c: c["metadata"]["name"]) == crds
 
 
 def test_base_namespaces(base: list[dict[str, Any]]) -> None:
@@ -44,7 +51,14 @@ def test_base_namespaces(base: list[dict[str, Any]]) -> None:
         namespace = obj["metadata"].get("namespace")
         if obj["kind"] in ("Role", "RoleBinding"):
             assert namespace == "gadget"  # the daemon namespace, where the daemon pods are
-        elif obj["kind"] in ("Namespace", "CustomResourceDefinition", "ClusterRole", "ClusterRoleBinding"):
+        elif obj["kind"] in (
+            "Namespace",
+            "CustomResourceDefinition",
+            "ClusterRole",
+            "ClusterRoleBinding",
+            "ValidatingAdmissionPolicy",
+            "ValidatingAdmissionPolicyBinding",
+        ):
             assert namespace is None
         else:
             assert namespace == NAMESPACE
@@ -88,7 +102,7 @@ def test_overlay_renders_valid_objects(overlay: list[dict[str, Any]]) -> None:
 def test_overlay_drops_the_daemon_pods_access(overlay: list[dict[str, Any]]) -> None:
     assert find(overlay, "Role") == []
     assert find(overlay, "RoleBinding") == []
-    for rule in one(overlay, "ClusterRole")["rules"]:
+    for rule in one(overlay, "ClusterRole", "gadget-operator")["rules"]:
         assert "pods" not in rule["resources"]
 
 
@@ -135,7 +149,8 @@ def test_overlay_keeps_the_rest_of_the_base(base: list[dict[str, Any]], overlay:
     for kind in unchanged:
         assert find(overlay, kind) == find(base, kind), kind
     # The ClusterRole differs only in `get` on nodes (the per-node store confirms a node is gone).
-    base_rules, overlay_rules = one(base, "ClusterRole")["rules"], one(overlay, "ClusterRole")["rules"]
+    base_rules = one(base, "ClusterRole", "gadget-operator")["rules"]
+    overlay_rules = one(overlay, "ClusterRole", "gadget-operator")["rules"]
     changed = [(b, o) for b, o in zip(base_rules, overlay_rules, strict=True) if b != o]
     assert changed == [
         ({**changed[0][0], "verbs": ["list", "watch"]}, {**changed[0][0], "verbs": ["get", "list", "watch"]})

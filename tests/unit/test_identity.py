@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from gadget_operator import identity
+from gadget_operator import identity, resource
 from gadget_operator.errors import InvalidInstanceError
 
 
@@ -57,3 +57,20 @@ def test_ownership_round_trips_through_tags_and_ignores_foreign_tags() -> None:
     tags = ("team=a", *identity.ownership_tags(owner), "other")
     assert identity.parse_ownership(tags) == owner
     assert identity.parse_ownership(("team=a", "gadget-operator.io/node=n")) is None
+
+
+_DNS_LABEL = st.from_regex(r"[a-z0-9]([-a-z0-9]{0,20}[a-z0-9])?", fullmatch=True)
+_DNS_NAME = st.lists(_DNS_LABEL, min_size=1, max_size=4).map(".".join)
+
+
+@given(namespace=st.one_of(st.just(""), _DNS_LABEL), name=_DNS_NAME)
+def test_the_owner_key_of_either_kind_survives_igs_shared_store_and_names_its_kind(namespace: str, name: str) -> None:
+    """The tags go comma-joined into one ConfigMap annotation in IG's shared store; the resource key
+    read back names the kind to look the owner up as (a ClusterGadgetInstance's key is its name)."""
+    kind = resource.GADGET_INSTANCE if namespace else resource.CLUSTER_GADGET_INSTANCE
+    owner = identity.Ownership("6a7c0000-0000-4000-8000-000000000001", kind.key(namespace, name), "node-1", "0" * 16)
+    tags = identity.ownership_tags(owner)
+    stored = ",".join(tags)
+    assert identity.parse_ownership(stored.split(",")) == owner
+    assert resource.locate(owner.resource) == (kind, namespace, name)
+    assert identity.NAME_PATTERN.fullmatch(identity.instance_name(name, "f" * 32))

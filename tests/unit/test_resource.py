@@ -83,3 +83,53 @@ def test_a_resource_body_with_a_bad_spec_still_parses_and_carries_the_error() ->
     assert gi.spec_error is not None
     assert "spec.image" in gi.spec_error
     assert not gi.active
+
+
+# -- the two kinds ---------------------------------------------------------------------------------
+
+
+def body_of(kind: str, **metadata: Any) -> dict[str, Any]:
+    return {
+        "apiVersion": "gadget-operator.io/v1alpha1",
+        "kind": kind,
+        "metadata": {"uid": "u", "name": "trace"} | metadata,
+        "spec": {"image": "trace_exec"},
+    }
+
+
+def test_a_gadget_instance_is_keyed_by_namespace_and_name() -> None:
+    gi = resource.GadgetInstanceResource.from_body(body_of("GadgetInstance", namespace="team-a"))
+    assert gi.kind is resource.GADGET_INSTANCE
+    assert (gi.namespace, gi.key) == ("team-a", "team-a/trace")
+
+
+def test_a_cluster_gadget_instance_is_keyed_by_its_name_and_has_no_namespace() -> None:
+    # A namespace in the body (never sent by a real server for a cluster-scoped object) is ignored.
+    gi = resource.GadgetInstanceResource.from_body(body_of("ClusterGadgetInstance", namespace="stray"))
+    assert gi.kind is resource.CLUSTER_GADGET_INSTANCE
+    assert (gi.namespace, gi.key) == ("", "trace")
+    assert gi.active
+
+
+def test_a_body_without_a_kind_is_a_gadget_instance() -> None:
+    body = body_of("GadgetInstance", namespace="ns")
+    del body["kind"]
+    assert resource.GadgetInstanceResource.from_body(body).kind is resource.GADGET_INSTANCE
+
+
+@pytest.mark.parametrize("kind", resource.KINDS, ids=lambda k: k.kind)
+def test_a_key_locates_its_kind_namespace_and_name(kind: resource.Kind) -> None:
+    namespace = "team-a" if kind.namespaced else ""
+    assert resource.locate(kind.key(namespace, "my.gadget-1")) == (kind, namespace, "my.gadget-1")
+
+
+def test_the_kinds_differ_in_scope_and_names_only() -> None:
+    gi, cgi = resource.GADGET_INSTANCE, resource.CLUSTER_GADGET_INSTANCE
+    assert (gi.kind, gi.plural, gi.short_name, gi.namespaced) == ("GadgetInstance", "gadgetinstances", "gi", True)
+    assert (cgi.kind, cgi.plural, cgi.short_name, cgi.namespaced) == (
+        "ClusterGadgetInstance",
+        "clustergadgetinstances",
+        "cgi",
+        False,
+    )
+    assert gi.api_version == cgi.api_version == "gadget-operator.io/v1alpha1"

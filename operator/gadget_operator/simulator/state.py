@@ -116,8 +116,18 @@ KUBE_MANAGER_PARAMS = (
 """``operator.KubeManager.*`` in IG's order (its runtime-container params are left out)."""
 
 
-def gadget_params() -> list[api_pb2.Param]:
-    """The params a gadget with Kubernetes filtering lists: KubeManager's, and the filter operator's."""
+WITHOUT_CONTAINER_FILTER = frozenset({"profile_blockio"})
+"""Gadgets whose eBPF program uses no mount-namespace filter map: IG's KubeManager operator does not
+activate for them (``InstantiateDataOperator`` returns nil), so they list none of its params and
+always trace the whole node (e.g. profile_blockio, a block I/O latency histogram of the host)."""
+
+
+def gadget_params(image: str) -> list[api_pb2.Param]:
+    """The params a gadget lists: KubeManager's if it filters by container, and the filter operator's."""
+    filter_param = api_pb2.Param(key="filter", prefix="operator.filter.", description="Filter expression", alias="F")
+    name = full_image_name(image).rsplit("/", 1)[-1].split(":")[0].split("@")[0]
+    if name in WITHOUT_CONTAINER_FILTER:
+        return [filter_param]
     params = [
         api_pb2.Param(
             key=p.key,
@@ -130,7 +140,7 @@ def gadget_params() -> list[api_pb2.Param]:
         )
         for p in KUBE_MANAGER_PARAMS
     ]
-    params.append(api_pb2.Param(key="filter", prefix="operator.filter.", description="Filter expression", alias="F"))
+    params.append(filter_param)
     return params
 
 
@@ -230,7 +240,7 @@ class LocalManager:
             return
         instance = run.instance
         run.info = api_pb2.GadgetInfo(
-            id=instance.id, name=instance.name, imageName=instance.image, params=gadget_params()
+            id=instance.id, name=instance.name, imageName=instance.image, params=gadget_params(instance.image)
         )
         run.ready.set()
 
@@ -293,7 +303,7 @@ class LocalManager:
         problem = preparing_error(image, params, self.unknown_images)
         if problem is not None:
             raise DaemonCallError(f"getting gadget info: initializing and preparing operators: {problem}")
-        return api_pb2.GadgetInfo(imageName=image, params=gadget_params())
+        return api_pb2.GadgetInfo(imageName=image, params=gadget_params(image))
 
     async def stop_all(self) -> None:
         """The daemon process ends: every run stops."""

@@ -593,6 +593,15 @@ class KubeEmulator:
     def _mutate(self, rt: ResourceType, obj: JSON, old: JSON | None) -> None:
         """Server-side changes on every write: a CRD's status; a custom resource's schema pruning and defaults."""
         name = obj["metadata"]["name"]
+        if (rt.group, rt.plural) == ("", "events"):
+            # As the real server validates a core/v1 Event: about a cluster-scoped object (no involvedObject
+            # namespace) it lives in "default"; about a namespaced one, in that object's namespace.
+            involved = (obj.get("involvedObject") or {}).get("namespace") or ""
+            namespace = obj["metadata"].get("namespace") or ""
+            if namespace != involved and not (not involved and namespace == "default"):
+                raise rt.invalid(
+                    name, [("involvedObject.namespace", f'Invalid value: "{involved}": does not match event.namespace')]
+                )
         if rt.group == CRD_GROUP:
             spec = obj.get("spec") or {}
             names = spec.get("names") or {}
