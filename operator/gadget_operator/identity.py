@@ -103,6 +103,11 @@ def ownership_tags(owner: Ownership) -> tuple[str, ...]:
 
 def parse_ownership(tags: Iterable[str]) -> Ownership | None:
     """The ownership recorded in an instance's tags, or None if this operator did not make it."""
+    return _parse_ownership(tags if isinstance(tags, tuple) else tuple(tags))
+
+
+@functools.lru_cache(maxsize=1 << 16)  # every pass reads every listed instance's tags several times
+def _parse_ownership(tags: tuple[str, ...]) -> Ownership | None:
     values: dict[str, str] = {}
     for tag in tags:
         key, sep, value = tag.partition("=")

@@ -387,8 +387,10 @@ class Reconciler:
         for wanted in to_judge:
             uid = wanted.owner.resource_uid
             outcome = outcomes.get(uid)
+            if outcome is None or outcome.state is not NodeState.FAILED:
+                continue  # (only a failure looks for the previous spec: a scan of the node's instances)
             previous = _previous_spec(here.values(), wanted)
-            if outcome is not None and outcome.state is NodeState.FAILED and previous is not None:
+            if previous is not None:
                 message = f"{outcome.message} (the previous spec's instance {previous} keeps running)"
                 outcomes[uid] = executor.InstanceOutcome(NodeState.FAILED, outcome.instance_id, message)
         self._record(node, desired, outcomes, _holding(node, here))

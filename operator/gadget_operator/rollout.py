@@ -205,11 +205,12 @@ class RollingUpdates:
         """Shared store: admit the next nodes of every rolling update. While a rollout has not reached
         every node that runs an older spec, the new spec's one instance covers the nodes that ran
         nothing of it plus the admitted ones; returns the resources in that state."""
+        rolling = {uid for uid, gi in self.rec.resources.items() if gi.spec and gi.spec.update_strategy.rolling}
         nodes_by_spec: dict[tuple[str, str], set[str]] = {}
         cluster = self.rec.topology.labels.keys()
-        for instance in stored:
+        for instance in stored if rolling else ():  # (a pass over the whole store, on every store pass)
             owner = identity.parse_ownership(instance.tags)
-            if owner is not None:
+            if owner is not None and owner.resource_uid in rolling:
                 key = (owner.resource_uid, owner.spec_hash)
                 nodes_by_spec.setdefault(key, set()).update(planner.runs_on(instance, owner, cluster))
         partial: set[str] = set()
