@@ -22,7 +22,7 @@ from hypothesis import strategies as st
 from gadget_operator import tenancy
 from gadget_operator.tenancy import ALL_NAMESPACES, NAMESPACE, Refusal
 from tests.manifests import admission_policy
-from tests.packaging.conftest import BASE, CHART, RELEASE, k8s_binaries, load_documents, run
+from tests.packaging.conftest import BASE, CHART, RELEASE, load_documents, run
 
 POLICY = "ValidatingAdmissionPolicy"
 BINDING = "ValidatingAdmissionPolicyBinding"
@@ -45,15 +45,6 @@ WHITE_SPACE = "\t\n\x0b\x0c\r\x1c\x1d\x1e\x1f \x85\xa0\u1680\u2000\u200a\u2028\u
 
 
 # -- the shipped policies ------------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def binaries() -> dict[str, Path]:
-    try:
-        paths: dict[str, Path] = k8s_binaries.ensure()
-    except k8s_binaries.UnsupportedPlatform as error:
-        pytest.skip(str(error))
-    return paths
 
 
 def _policy_and_binding(objects: Sequence[Mapping[str, Any]]) -> tuple[dict[str, Any], dict[str, Any]]:

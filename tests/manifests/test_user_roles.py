@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from tests.packaging.conftest import BASE, CHART, RELEASE, k8s_binaries, load_documents, run
+from tests.packaging.conftest import BASE, CHART, RELEASE, load_documents, run
 
 GROUP = "gadget-operator.io"
 EDIT, VIEW, CLUSTER_ADMIN = (
@@ -107,15 +107,6 @@ def aggregated(objects: Sequence[Mapping[str, Any]]) -> dict[str, list[Mapping[s
 
 
 # -- the shipped roles ---------------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def binaries() -> dict[str, Path]:
-    try:
-        paths: dict[str, Path] = k8s_binaries.ensure()
-    except k8s_binaries.UnsupportedPlatform as error:
-        pytest.skip(str(error))
-    return paths
 
 
 @pytest.fixture(scope="module")
