@@ -159,9 +159,13 @@ class KubeApi:
             return result
 
     @staticmethod
-    def _gadget_instance_path(namespace: str, name: str, kind: resource.Kind = resource.GADGET_INSTANCE) -> str:
-        scope = f"/namespaces/{namespace}" if kind.namespaced else ""
-        return f"/apis/{resource.GROUP}/{resource.VERSION}{scope}/{kind.plural}/{name}"
+    def _collection_path(kind: resource.Kind, namespace: str | None) -> str:
+        """The objects of ``kind``: in ``namespace``, or in every namespace (None; a cluster-scoped kind)."""
+        scope = f"/namespaces/{namespace}" if namespace and kind.namespaced else ""
+        return f"/apis/{resource.GROUP}/{resource.VERSION}{scope}/{kind.plural}"
+
+    def _gadget_instance_path(self, namespace: str, name: str, kind: resource.Kind = resource.GADGET_INSTANCE) -> str:
+        return f"{self._collection_path(kind, namespace)}/{name}"
 
     def _tunnels(self) -> aiohttp.ClientSession:
         if self._tunnel_session is None:
@@ -338,9 +342,7 @@ class KubeApi:
     ) -> list[dict[str, Any]]:
         """Every object of ``kind`` (a GadgetInstance in ``namespace``, else in every namespace; a
         ClusterGadgetInstance: ``namespace`` must be None): what a new leader starts from."""
-        scope = f"/namespaces/{namespace}" if namespace else ""
-        path = f"/apis/{resource.GROUP}/{resource.VERSION}{scope}/{kind.plural}"
-        items = list((await self._call("GET", path)).get("items") or [])
+        items = list((await self._call("GET", self._collection_path(kind, namespace))).get("items") or [])
         for item in items:  # a list's items carry no apiVersion and kind; a watch event's object does
             item.setdefault("apiVersion", kind.api_version)
             item.setdefault("kind", kind.kind)

@@ -321,6 +321,15 @@ async def restart_daemon_pod(env: DaemonPodsEnv, node: str) -> str:
     return replacement
 
 
+async def daemon_back_and_resource_gone(env: DaemonPodsEnv, node: str, pod: str, uid: str) -> None:
+    """``node``'s new daemon starts (with what its store keeps) and its pod ``pod`` runs: the deletion
+    that waited for it finishes, and no daemon runs the resource any more."""
+    await env.nodes[node].restart()
+    await env.put_daemon_pod(node, pod=pod)
+    await env.cluster.wait_gone("trace")
+    await env.nodes.wait_owned(uid, lambda owned: not owned, what="no daemon runs the deleted resource")
+
+
 def waiting_for(node: str) -> Callable[[dict[str, Any]], bool]:
     """Whether a resource's status says that its deletion waits for ``node``'s daemon."""
 
@@ -369,12 +378,7 @@ async def test_a_delete_during_a_daemon_pod_restart_waits_for_that_daemon_and_cl
             owned = await env.nodes.owned_by(uid)
             assert set(owned) == {node_2}  # every other daemon is clean; node-2's still holds it
 
-        # The new pod's daemon starts (with what its store keeps) and the pod is Running.
-        await env.nodes[node_2].restart()
-        await env.put_daemon_pod(node_2, pod=replacement)
-
-        await env.cluster.wait_gone("trace")
-        await env.nodes.wait_owned(uid, lambda owned: not owned, what="no daemon runs the deleted resource")
+        await daemon_back_and_resource_gone(env, node_2, replacement, uid)
 
 
 async def test_an_operator_started_while_a_daemon_pod_restarts_waits_for_that_daemon(
@@ -399,10 +403,7 @@ async def test_an_operator_started_while_a_daemon_pod_restarts_waits_for_that_da
         assert await env.cluster.get("trace") is not None
         assert set(await env.nodes.owned_by(uid)) == {node_2}
 
-        await env.nodes[node_2].restart()
-        await env.put_daemon_pod(node_2, pod=replacement)
-        await env.cluster.wait_gone("trace")
-        await env.nodes.wait_owned(uid, lambda owned: not owned, what="no daemon runs the deleted resource")
+        await daemon_back_and_resource_gone(env, node_2, replacement, uid)
 
 
 async def test_a_node_deleted_while_its_daemon_pod_restarts_stops_holding_up_a_deletion(
