@@ -47,7 +47,7 @@ from gadget_operator.testing.kube_emulator import KubeEmulator, ResourceType
 from gadget_operator.testing.operator_process import OperatorProcess, free_port
 
 ROOT = Path(__file__).resolve().parent.parent
-CRD = ROOT / "crds" / "gadgetinstances.gadget-operator.io.yaml"
+CRDS = ROOT / "crds"
 FLOOR = Path(__file__).parent / "results" / "floor.json"
 GROUP, VERSION, PLURAL, NAMESPACE = "gadget-operator.io", "v1alpha1", "gadgetinstances", "default"
 COLLECTION = f"/apis/{GROUP}/{VERSION}/namespaces/{NAMESPACE}/{PLURAL}"
@@ -400,7 +400,8 @@ async def world(node_count: int, store: str, *, resync: float | None = None) -> 
     await emulator.start()
     async with contextlib.AsyncExitStack() as stack:
         stack.push_async_callback(emulator.stop)
-        emulator.register_crd(yaml.safe_load(CRD.read_text()))
+        for crd in sorted(CRDS.glob("*.gadget-operator.io.yaml")):
+            emulator.register_crd(yaml.safe_load(crd.read_text()))
         emulator.put({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": STORE_NAMESPACE}})
         stats_port = free_port()
         simulate = ["--daemon-store", store, "--init-delay", "0", "--stats-port", str(stats_port)]

@@ -4,9 +4,10 @@ Import layers, top to bottom (a module imports only from layers below it; `.impo
 enforces this):
 
 1. ``cli``
-2. ``handlers`` (kopf wiring), ``demo``
+2. ``handlers`` (kopf wiring), ``demo``, ``control.server``, ``control.state``, ``control.intents``
 3. ``reconciler``
-4. ``executor``, ``discovery``, ``status``, ``kube``
+4. ``executor``, ``discovery``, ``status``, ``kube``, ``control.recorder``, ``control.events``,
+   ``control.journal``
 5. ``planner``, ``daemon``
 6. ``resource``, ``identity``, ``conditions``
 7. ``settings``, ``errors``

@@ -1,4 +1,5 @@
-"""The ``gadget-operator`` command: ``run`` (the operator), ``simulate`` (simulated daemons), ``demo``.
+"""The ``gadget-operator`` command: ``run`` (the operator), ``simulate`` (simulated daemons), ``demo``,
+``ctl`` (the running operator's control API: ``ctl.py``).
 
 Every ``run`` flag can also come from an environment variable ``GADGET_OPERATOR_<NAME>`` (dashes as
 underscores), which is how the Deployment and the Helm chart configure it; ``--namespace`` is
@@ -10,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import importlib
 import json
 import logging
 import sys
@@ -19,10 +21,12 @@ from typing import TYPE_CHECKING
 import click
 import yaml
 
-from gadget_operator import __version__
+from gadget_operator import __version__, tokens
 from gadget_operator.daemon.address import parse_address
 from gadget_operator.settings import (
+    ControlSettings,
     DaemonStore,
+    DaemonTokenSettings,
     DaemonTransport,
     DiscoveryMode,
     DiscoverySettings,
@@ -38,6 +42,7 @@ from gadget_operator.tenancy import DEFAULT_ALLOWED_IMAGES
 if TYPE_CHECKING:
     import aiohttp.web
 
+    from gadget_operator import kube, resource
     from gadget_operator.simulator.server import Fleet
 
 ENV_PREFIX = "GADGET_OPERATOR"
@@ -63,7 +68,23 @@ def load_static_nodes(path: str) -> dict[str, str]:
     return nodes
 
 
-@click.group(context_settings={"auto_envvar_prefix": ENV_PREFIX, "help_option_names": ["-h", "--help"]})
+class Commands(click.Group):
+    """The top-level commands; ``ctl`` is imported only when it is used, so that its gRPC, rich and
+    Kubernetes client imports (most of a second) do not slow every other command down."""
+
+    LAZY = {"ctl": "gadget_operator.ctl:group"}
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*super().list_commands(ctx), *self.LAZY})
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name in self.LAZY and cmd_name not in self.commands:
+            module, _, name = self.LAZY[cmd_name].partition(":")
+            self.add_command(getattr(importlib.import_module(module), name), cmd_name)
+        return super().get_command(ctx, cmd_name)
+
+
+@click.group(cls=Commands, context_settings={"auto_envvar_prefix": ENV_PREFIX, "help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="gadget-operator")
 def main() -> None:
     """Keep Inspektor Gadget gadget instances running on the right nodes."""
@@ -200,6 +221,65 @@ def main() -> None:
     "space/comma-separated in the variable. Default: the official gadgets, "
     f"{' '.join(DEFAULT_ALLOWED_IMAGES)}. Other images are refused.",
 )
+@click.option(
+    "--ig-multi-tenancy",
+    is_flag=True,
+    help="The daemons run Inspektor Gadget's multi-tenancy: every call carries a ServiceAccount token "
+    "(audience inspektor-gadget), of --tenant-service-account in a GadgetInstance's namespace for that "
+    "resource's calls, of --operator-service-account for the others.",
+)
+@click.option(
+    "--tenant-service-account",
+    default="gadget-tenant",
+    show_default=True,
+    help="--ig-multi-tenancy: the ServiceAccount, in each GadgetInstance's namespace, the operator speaks as.",
+)
+@click.option(
+    "--operator-service-account",
+    default=None,
+    metavar="NAMESPACE/NAME",
+    help="--ig-multi-tenancy: the operator's own ServiceAccount (default: its namespace/gadget-operator).",
+)
+@click.option(
+    "--token-lifetime",
+    default=3600,
+    show_default=True,
+    type=click.IntRange(min=tokens.MIN_LIFETIME),
+    help="--ig-multi-tenancy: seconds each token is valid; renewed at 80%.",
+)
+@click.option(
+    "--control-address",
+    default="127.0.0.1:50051",
+    show_default=True,
+    help="host:port of the control API's gRPC listener (state, events and intents: `gadget-operator ctl`); "
+    "'' or off disables it. On the pod's loopback, reaching it takes a port-forward to the pod; any other "
+    "address needs --control-tls-cert and --control-tls-key.",
+)
+@click.option(
+    "--control-http-address",
+    default="127.0.0.1:50052",
+    show_default=True,
+    help="host:port of the control API's HTTP/JSON listener (GET /v1/state, GET /v1/events, POST /v1/execute); "
+    "'' or off disables it. The same rules as --control-address.",
+)
+@click.option(
+    "--control-tls-cert",
+    type=click.Path(exists=True, dir_okay=False),
+    help="Serving certificate (PEM) of both control API listeners.",
+)
+@click.option("--control-tls-key", type=click.Path(exists=True, dir_okay=False), help="Its private key (PEM).")
+@click.option(
+    "--control-tls-client-ca",
+    type=click.Path(exists=True, dir_okay=False),
+    help="Clients of the control API must present a certificate signed by this CA (mutual TLS).",
+)
+@click.option(
+    "--control-event-buffer",
+    default=10_000,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="Entries of the control API's event log kept for a replay; older ones are dropped (and counted).",
+)
 @click.option("--kube-server", default=None, help="API server URL (tests, the demo); else in-cluster/kubeconfig.")
 @click.option("--log-format", type=click.Choice(["plain", "json"]), default="plain", show_default=True)
 @click.option("--verbose", "-v", is_flag=True, help="Debug logging.")
@@ -238,6 +318,16 @@ def run(
     max_heartbeat_age: float,
     max_loop_lag: float,
     allowed_images: tuple[str, ...],
+    ig_multi_tenancy: bool,
+    tenant_service_account: str,
+    operator_service_account: str | None,
+    token_lifetime: int,
+    control_address: str,
+    control_http_address: str,
+    control_tls_cert: str | None,
+    control_tls_key: str | None,
+    control_tls_client_ca: str | None,
+    control_event_buffer: int,
     kube_server: str | None,
     log_format: str,
     verbose: bool,
@@ -246,6 +336,7 @@ def run(
     import kopf
 
     from gadget_operator import handlers, kube, leadership
+    from gadget_operator.control import server as control_server
 
     mode = DiscoveryMode(discovery)
     if mode is DiscoveryMode.STATIC and not static_nodes:
@@ -259,6 +350,38 @@ def run(
         raise click.UsageError("--renew-deadline must be shorter than --lease-duration")
     if not standalone and not retry_period < renew_deadline:
         raise click.UsageError("--retry-period must be shorter than --renew-deadline")
+    daemon_tokens = None
+    if ig_multi_tenancy:
+        try:
+            operator_account = tokens.ServiceAccount.parse(
+                operator_service_account or f"{leadership.default_namespace()}/gadget-operator"
+            )
+        except ValueError as error:
+            raise click.BadParameter(str(error), param_hint="--operator-service-account") from None
+        daemon_tokens = DaemonTokenSettings(operator_account, tenant_service_account, token_lifetime)
+        plaintext_network = (mode is DiscoveryMode.PODS and daemon_transport == DaemonTransport.POD_IP.value) or (
+            mode is DiscoveryMode.STATIC
+            and static_nodes
+            and any(a.startswith("tcp://") for a in load_static_nodes(static_nodes).values())
+        )
+        if plaintext_network and not tls_ca:
+            # IG's own client sends tokens only through port-forward (inside the API server's TLS).
+            raise click.UsageError(
+                "--ig-multi-tenancy would send ServiceAccount tokens over the network in plaintext: "
+                "use mutual TLS (--tls-cert, --tls-key, --tls-ca) or the port-forward transport"
+            )
+    control = ControlSettings(
+        address="" if control_address.strip().lower() in ("", "off") else control_address.strip(),
+        http_address="" if control_http_address.strip().lower() in ("", "off") else control_http_address.strip(),
+        tls_cert=control_tls_cert,
+        tls_key=control_tls_key,
+        tls_client_ca=control_tls_client_ca,
+        event_buffer=control_event_buffer,
+    )
+    try:
+        control_server.check(control)
+    except ValueError as error:
+        raise click.UsageError(str(error)) from None
     identity = leadership.new_identity()
     kube.identify(identity)  # the User-Agent of the operator's own calls names this replica
     settings = Settings(
@@ -298,8 +421,10 @@ def run(
         namespaces=namespaces,
         tenancy=TenancySettings(
             allowed_images=tuple(p for item in allowed_images for p in item.replace(",", " ").split())
-            or DEFAULT_ALLOWED_IMAGES
+            or DEFAULT_ALLOWED_IMAGES,
+            daemon_tokens=daemon_tokens,
         ),
+        control=control,
     )
     configure_logging(log_format, verbose)
     try:
@@ -332,9 +457,34 @@ def one_line(error: BaseException) -> str:
     return f"{type(error).__name__}: {text}" if text else type(error).__name__
 
 
+async def _wait_for_crd(api: kube.KubeApi, kind: resource.Kind, *, retry: float, deadline: float) -> None:
+    import aiohttp
+
+    from gadget_operator import kube, resource
+
+    crd = f"{kind.plural}.{resource.GROUP}"
+    log = logging.getLogger(__name__)
+    waiting = False
+    while True:
+        try:
+            async with asyncio.timeout(deadline):
+                if await api.served(resource.GROUP, resource.VERSION, kind.plural):
+                    break
+        except kube.KubeApiError as error:
+            raise StartFailure(f"cannot look up CRD {crd}: {error}") from None
+        except (OSError, TimeoutError, aiohttp.ClientError) as error:
+            log.warning("looking up CRD %s failed: %s", crd, one_line(error))
+        if not waiting:
+            waiting = True
+            log.warning("waiting for CRD %s", crd)
+        await asyncio.sleep(retry)
+    if waiting:
+        log.info("CRD %s is established", crd)
+
+
 async def preflight(server: str | None, *, retry: float = 2.0, deadline: float = 10.0) -> None:
-    """Before kopf starts: credentials load, the API server answers, and the CRD is served (waited for,
-    so that the operator never runs deaf: kopf looks up its resources once, at start)."""
+    """Before kopf starts: credentials load, the API server answers, and both CRDs are served (waited
+    for, so that the operator never runs deaf: kopf looks up its resources once, at start)."""
     import aiohttp
 
     from gadget_operator import kube, resource
@@ -352,23 +502,8 @@ async def preflight(server: str | None, *, retry: float = 2.0, deadline: float =
             raise StartFailure(f"the Kubernetes API server at {host} refused the operator: {error}") from None
         except (OSError, TimeoutError, aiohttp.ClientError) as error:
             raise StartFailure(f"cannot reach the Kubernetes API server at {host}: {one_line(error)}") from None
-        crd = f"{resource.PLURAL}.{resource.GROUP}"
-        waiting = False
-        while True:
-            try:
-                async with asyncio.timeout(deadline):
-                    if await api.served(resource.GROUP, resource.VERSION, resource.PLURAL):
-                        break
-            except kube.KubeApiError as error:
-                raise StartFailure(f"cannot look up CRD {crd}: {error}") from None
-            except (OSError, TimeoutError, aiohttp.ClientError) as error:
-                logging.getLogger(__name__).warning("looking up CRD %s failed: %s", crd, one_line(error))
-            if not waiting:
-                waiting = True
-                logging.getLogger(__name__).warning("waiting for CRD %s", crd)
-            await asyncio.sleep(retry)
-        if waiting:
-            logging.getLogger(__name__).info("CRD %s is established", crd)
+        for kind in resource.KINDS:
+            await _wait_for_crd(api, kind, retry=retry, deadline=deadline)
     finally:
         await api.close()
 

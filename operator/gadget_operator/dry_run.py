@@ -41,6 +41,9 @@ class DryRuns:
         self.client = client
         self.decided = decided
         self._waiting: dict[str, GadgetInstanceSpec] = {}
+        self.refused: dict[str, str] = {}
+        """Why the last dry run of a spec (by check key) could not be made: the daemon refused the
+        operator's call (IG's multi-tenancy). Retried with backoff; shown while the resource waits."""
         self.queue = workqueue.per_resource("dry-runs", self._run, settings)
 
     def start(self) -> None:
@@ -82,7 +85,10 @@ class DryRuns:
             return workqueue.DONE  # nothing to ask yet: a daemon that appears asks again (``check``)
         verdict = await self._ask(spec, ready)
         if verdict is None:
-            return workqueue.Result(error="no daemon could be asked")
+            if key in self.refused:
+                self.decided(key)  # not decided, but the resources waiting for it can say why
+            return workqueue.Result(error=self.refused.get(key, "no daemon could be asked"))
+        self.refused.pop(key, None)
         self._waiting.pop(key, None)
         self.verdicts.put(spec, verdict)
         if not verdict.accepted:
@@ -100,6 +106,9 @@ class DryRuns:
             except errors.DaemonUnreachable as error:
                 logger.info("dry run of %s on %s: %s; trying another daemon", spec.image, node, error)
                 continue
+            except errors.CallerRefused as error:
+                self.refused[validation.check_key(spec)] = error.message
+                return None
             except errors.DaemonError as error:
                 return validation.Verdict(accepted=False, node=node, message=error.message)
             listed = (param.key for param in info.params)

@@ -8,7 +8,9 @@
         │   ├── DaemonUnavailable     nothing answered: refused, no socket, TLS handshake failed
         │   └── DaemonDeadlineExceeded the call did not finish within its deadline (a hung daemon)
         ├── DaemonRejected            the daemon answered with an error; ``message`` is its own text
-        │   └── InstanceAlreadyExists the ID or name is taken ("already exists")
+        │   ├── InstanceAlreadyExists the ID or name is taken ("already exists")
+        │   └── CallerRefused         the daemon (IG's multi-tenancy) refused who called, or no token
+        │                             could be had (``tokens``): says nothing about the spec
         └── InstanceNotFound          the instance ID is unknown to the daemon
 
 Every ``DaemonError`` carries the daemon's address so that status messages and logs can say which
@@ -65,6 +67,11 @@ class DaemonRejected(DaemonError):
 
 class InstanceAlreadyExists(DaemonRejected):
     """The daemon already has an instance with this ID or name."""
+
+
+class CallerRefused(DaemonRejected):
+    """The call was refused for who made it (a missing, unknown or unauthorized token), not for what it
+    asked: a dry run refused this way is no verdict on the spec."""
 
 
 class InstanceNotFound(DaemonError):

@@ -175,6 +175,7 @@ async def _create_or_adopt(
 ) -> model.GadgetInstance:
     """Create ``wanted``; if it already exists and is ours, that instance. A real collision raises the
     daemon's "already exists"; an unreachable daemon raises, whichever call found it."""
+    api = api.on_behalf_of(wanted.owner.tenant)
     try:
         return await bounded(api.create_instance(wanted.instance, event_buffer_length=wanted.event_buffer_length))
     except errors.InstanceAlreadyExists as error:

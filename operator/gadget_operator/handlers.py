@@ -11,6 +11,8 @@ Why these handler kinds:
   replica holds the Lease, the GadgetInstance handler does nothing and no daemon is called and nothing
   written; the topology is still followed (reads only). The new leader lists every GadgetInstance
   itself, since kopf delivered them while it stood by. A leader that loses the Lease exits at once.
+* Every replica serves the control API (``control``, ``--control-address``): a standby answers with its
+  role and refuses intents; the event log starts with the replica's role.
 
 The registry is built per call, not at import, so tests and the demo can run several operators.
 """
@@ -21,18 +23,24 @@ import asyncio
 import logging
 import os
 import sys
+import time
 from typing import Any, cast
 
 import aiohttp
 import kopf
 
 from gadget_operator import discovery, kube, metrics, resource
+from gadget_operator.control import state as control_state
+from gadget_operator.control.journal import Journal
+from gadget_operator.control.recorder import Recorder
+from gadget_operator.control.server import ControlServer
 from gadget_operator.daemon.client import DaemonPool
 from gadget_operator.daemon.portforward import PortForwarder
 from gadget_operator.leadership import Elector
 from gadget_operator.liveness import Liveness, Unhealthy
 from gadget_operator.reconciler import Reconciler
 from gadget_operator.settings import DiscoveryMode, Settings
+from gadget_operator.tokens import TokenSource
 
 logger = logging.getLogger(__name__)
 
@@ -137,11 +145,24 @@ class Runtime:
         self.elector: Elector | None = None
         self.tasks: list[asyncio.Task[None]] = []
         self.liveness = Liveness(api.version, settings.liveness)
+        self.started = time.time()
+        self.recorder = Recorder(Journal(settings.control.event_buffer))
+        """The event log (``control``) and its hooks; the reconciler records into it."""
+        self.control = ControlServer(self, api, settings.control) if settings.control.enabled else None
 
     @classmethod
     async def start(cls, settings: Settings) -> Runtime:
         api = await kube.KubeApi.connect(settings.kube_server)
+        token_settings = settings.tenancy.daemon_tokens
         pool = DaemonPool(
+            tokens=None
+            if token_settings is None
+            else TokenSource(
+                api.request_token,
+                operator=token_settings.operator_account,
+                tenant_account=token_settings.tenant_account,
+                lifetime=token_settings.lifetime,
+            ),
             tls=settings.discovery.tls,
             timeout=settings.executor.rpc_timeout,
             forwarder=PortForwarder(
@@ -152,6 +173,8 @@ class Runtime:
             ),
         )
         runtime = cls(settings, api, pool)
+        if runtime.control is not None:
+            await runtime.control.start()  # first: a port that cannot be had stops the start at once
         runtime.liveness.start()
         # The whole topology is known before the reconciler starts and before kopf delivers the first
         # GadgetInstance: a deletion found at startup must wait for every node that exists.
@@ -163,14 +186,18 @@ class Runtime:
             metrics.serve(settings.metrics_port)
         if settings.leader_election.enabled:
             runtime.elector = Elector(api, settings.leader_election)
+            runtime.recorder.leadership(control_state.STANDBY, settings.leader_election.identity)
             runtime.tasks.append(asyncio.create_task(runtime._lead(runtime.elector)))
         else:
+            runtime.recorder.leadership(control_state.LEADER, settings.leader_election.identity)
             reconciler = runtime._start_reconciler()
             runtime.tasks.append(asyncio.create_task(runtime._catch_up(reconciler)))
         return runtime
 
     def _start_reconciler(self) -> Reconciler:
-        reconciler = Reconciler(settings=self.settings, api=self.api, pool=self.pool, topology=self.topology)
+        reconciler = Reconciler(
+            settings=self.settings, api=self.api, pool=self.pool, topology=self.topology, recorder=self.recorder
+        )
         reconciler.start()
         self.reconciler = reconciler
         return reconciler
@@ -178,6 +205,7 @@ class Runtime:
     async def _lead(self, elector: Elector) -> None:
         """Stand by until this replica holds the Lease; then work, and renew until leadership is lost."""
         await elector.acquire()
+        self.recorder.leadership(control_state.LEADER, elector.identity)
         reconciler = self._start_reconciler()
         self.tasks.append(asyncio.create_task(self._catch_up(reconciler)))
         reason = await elector.hold()
@@ -223,6 +251,9 @@ class Runtime:
         logger.info("every GadgetInstance and ClusterGadgetInstance handed to the reconciler")
 
     async def stop(self) -> None:
+        self.recorder.journal.close()  # followers of the event log end their streams
+        if self.control is not None:
+            await self.control.stop()
         for task in self.tasks:
             task.cancel()
         await asyncio.gather(*self.tasks, return_exceptions=True)

@@ -91,6 +91,13 @@ class Ownership:
     node: str
     spec_hash: str
 
+    @property
+    def tenant(self) -> str | None:
+        """The namespace whose tenant the instance's calls speak for (``tokens``): a GadgetInstance's;
+        None for a ClusterGadgetInstance, whose calls are the operator's own."""
+        namespace, sep, _ = self.resource.partition("/")
+        return namespace if sep else None
+
 
 def ownership_tags(owner: Ownership) -> tuple[str, ...]:
     return (

@@ -8,6 +8,7 @@ call                                     resource                    verb
 =======================================  ==========================  ===================
 ``add_finalizer`` / ``remove_finalizer``  gadgetinstances             patch (JSON patch)
 ``patch_status``                         gadgetinstances/status      patch (merge patch)
+``annotate``                             gadgetinstances             patch (merge patch; control API intents)
 ``get_gadget_instance``                  gadgetinstances             get
 ``node_exists`` / ``list_nodes``         nodes                       get, list
 ``list_pods`` / ``watch_pods``           pods (daemon namespace)     list, watch
@@ -37,7 +38,7 @@ import json
 import logging
 import os
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
@@ -46,7 +47,7 @@ from kubernetes.aio import client as kclient
 from kubernetes.aio import config as kconfig
 from kubernetes.aio.client.rest import RESTClientObject
 
-from gadget_operator import __version__, resource
+from gadget_operator import __version__, resource, tokens
 from gadget_operator.daemon import portforward
 
 logger = logging.getLogger(__name__)
@@ -200,6 +201,18 @@ class KubeApi:
         (the liveness heartbeat: it fails when that session can make no progress)."""
         return await self._call("GET", "/version")
 
+    async def request_token(self, account: tokens.ServiceAccount, audience: str, seconds: int) -> tokens.IssuedToken:
+        """TokenRequest (``serviceaccounts/token``): a token of ``account`` for ``audience`` only."""
+        body = {
+            "apiVersion": "authentication.k8s.io/v1",
+            "kind": "TokenRequest",
+            "spec": {"audiences": [audience], "expirationSeconds": seconds},
+        }
+        path = f"/api/v1/namespaces/{account.namespace}/serviceaccounts/{account.name}/token"
+        issued = (await self._call("POST", path, body=body))["status"]
+        expires = datetime.fromisoformat(issued["expirationTimestamp"].replace("Z", "+00:00"))
+        return tokens.IssuedToken(issued["token"], expires.timestamp())
+
     async def get_gadget_instance(
         self, namespace: str, name: str, *, kind: resource.Kind = resource.GADGET_INSTANCE
     ) -> dict[str, Any] | None:
@@ -225,32 +238,39 @@ class KubeApi:
             content_type="application/merge-patch+json",
         )
 
-    async def add_finalizer(self, gi: resource.GadgetInstanceResource) -> None:
-        if gi.finalizers:
-            ops: list[dict[str, Any]] = [
-                {"op": "test", "path": "/metadata/finalizers", "value": list(gi.finalizers)},
-                {"op": "add", "path": "/metadata/finalizers/-", "value": resource.FINALIZER},
-            ]
-        else:
-            ops = [
-                {"op": "test", "path": "/metadata/resourceVersion", "value": gi.resource_version},
-                {"op": "add", "path": "/metadata/finalizers", "value": [resource.FINALIZER]},
-            ]
-        await self._json_patch(gi, ops)
-
-    async def remove_finalizer(self, gi: resource.GadgetInstanceResource) -> None:
-        index = gi.finalizers.index(resource.FINALIZER)
-        await self._json_patch(
-            gi,
-            [
-                {"op": "test", "path": f"/metadata/finalizers/{index}", "value": resource.FINALIZER},
-                {"op": "remove", "path": f"/metadata/finalizers/{index}"},
-            ],
+    async def annotate(
+        self,
+        gi: resource.GadgetInstanceResource,
+        annotations: Mapping[str, str | None],
+        *,
+        resource_version: str | None = None,
+    ) -> dict[str, Any]:
+        """Set annotations on a resource (None removes one): a merge patch of its metadata, only while the
+        object is at ``resource_version`` when given (else 409). Where the control API keeps intents."""
+        metadata: dict[str, Any] = {"annotations": dict(annotations)}
+        if resource_version:
+            metadata["resourceVersion"] = resource_version
+        return await self._call(
+            "PATCH",
+            self._gadget_instance_path(gi.namespace, gi.name, gi.kind),
+            body={"metadata": metadata},
+            content_type="application/merge-patch+json",
         )
 
-    async def _json_patch(self, gi: resource.GadgetInstanceResource, ops: Sequence[Mapping[str, Any]]) -> None:
+    async def add_finalizer(self, gi: resource.GadgetInstanceResource) -> None:
+        await self._set_finalizers(gi, [*gi.finalizers, resource.FINALIZER])
+
+    async def remove_finalizer(self, gi: resource.GadgetInstanceResource) -> None:
+        await self._set_finalizers(gi, [f for f in gi.finalizers if f != resource.FINALIZER])
+
+    async def _set_finalizers(self, gi: resource.GadgetInstanceResource, finalizers: list[str]) -> None:
+        """The whole list, on the version ``gi`` was read at: if anything changed since (another
+        controller's finalizer, our own status write), the API server answers 409 Conflict and nothing
+        is lost; the next watch event brings the current object. (A JSON patch ``test`` would fail with
+        422, which a real server words like any invalid request.)"""
         path = self._gadget_instance_path(gi.namespace, gi.name, gi.kind)
-        await self._call("PATCH", path, body=[dict(op) for op in ops], content_type="application/json-patch+json")
+        body = {"metadata": {"resourceVersion": gi.resource_version, "finalizers": finalizers}}
+        await self._call("PATCH", path, body=body, content_type="application/merge-patch+json")
 
     async def node_exists(self, name: str) -> bool:
         try:

@@ -41,6 +41,7 @@ from gadget_operator import (
     tenancy,
     validation,
 )
+from gadget_operator.control.recorder import Recorder
 from gadget_operator.daemon import model
 from gadget_operator.daemon.client import DaemonClient, DaemonPool
 from gadget_operator.deletion import Deletions
@@ -64,6 +65,10 @@ REMOVING = "removing the instance"
 _BLOCKED = (NodeState.FAILED, NodeState.UNREACHABLE)
 
 
+PREVIOUS_KEEPS_RUNNING = " (the previous spec's instance {} keeps running)"
+"""Added to a node's failure when the instance of the previous spec stays in its place."""
+
+
 def utcnow() -> datetime:
     return datetime.now(UTC).replace(microsecond=0)
 
@@ -79,12 +84,15 @@ class Reconciler:
         pool: DaemonPool,
         topology: Topology,
         clock: Clock = utcnow,
+        recorder: Recorder | None = None,
     ) -> None:
         self.settings = settings
         self.api = api
         self.pool = pool
         self.topology = topology
         self.clock = clock
+        self.recorder = recorder if recorder is not None else Recorder()
+        """The event log's hooks (``control.recorder``) and what is known of each daemon's reachability."""
         self.resources: dict[str, GadgetInstanceResource] = {}
         self.outcomes: dict[str, dict[str, NodeOutcome]] = {}
         """Per resource UID, per node: how its instance stands."""
@@ -190,6 +198,8 @@ class Reconciler:
         elif previous.status != gi.status:
             # Someone else (or our own write) changed the status: re-check it, do not re-plan.
             self.writer.mark(uid)
+        if previous is not None and previous.controls != gi.controls:
+            self._controls_changed(previous, gi)
 
     def _admit(self, gi: GadgetInstanceResource) -> GadgetInstanceResource:
         """Tenancy (``tenancy.admit``): a refused resource runs nothing, as an invalid spec does, and its
@@ -243,6 +253,7 @@ class Reconciler:
         )
         worker.task = asyncio.ensure_future(worker.run())
         self.workers[node] = worker
+        self.recorder.joined(node, self.topology.endpoints.get(node, ""))
 
     async def _run_pass(self, worker: NodeWorker) -> None:
         try:
@@ -252,6 +263,7 @@ class Reconciler:
                 self._unreachable.add(worker.node)
             else:
                 self._unreachable.discard(worker.node)
+                self.recorder.reached(worker.node)
             metrics.UNREACHABLE_NODES.set(len(self._unreachable))
 
     def _stop_worker(self, node: str) -> None:
@@ -259,6 +271,7 @@ class Reconciler:
         if worker.task is not None:
             worker.task.cancel()
         self.limits.forget(node)
+        self.recorder.left(node)
         self._unreachable.discard(node)
         metrics.UNREACHABLE_NODES.set(len(self._unreachable))
         reported: dict[str, str] = {}
@@ -279,6 +292,32 @@ class Reconciler:
         """Resync every node now (the "resync" intent)."""
         for worker in self.workers.values():
             worker.wake(relist=relist)
+        if self.shared is not None:
+            self.shared.wake()
+
+    def resync(self, uid: str) -> set[str]:
+        """Look at every node of one resource again now, from a fresh list (the "resync" intent, and
+        the ``resync-requested`` annotation); returns those nodes."""
+        gi = self.resources.get(uid)
+        if gi is None:
+            return set()
+        nodes = self._nodes_touched(None, gi)
+        self.wake_nodes(nodes, relist=True)
+        if self.shared is not None:
+            self.shared.wake()
+        self.writer.mark(uid)
+        return nodes
+
+    def _controls_changed(self, previous: GadgetInstanceResource, gi: GadgetInstanceResource) -> None:
+        """The annotations that carry intents changed: a new resync value, a pause, a rollout step."""
+        if gi.controls.resync and gi.controls.resync != previous.controls.resync:
+            nodes = self.resync(gi.uid)
+            self.report.announce(
+                gi, "ResyncRequested", f"resync requested ({gi.controls.resync}): looking at {len(nodes)} node(s) again"
+            )
+            self.recorder.resync_requested(gi, len(nodes))
+        if (previous.controls.paused, previous.controls.steps) != (gi.controls.paused, gi.controls.steps):
+            self.rollouts.controls_changed(previous, gi)
 
     async def sync_node(self, worker: NodeWorker) -> None:
         """One pass over one node: find out what its daemon runs, make it match (per-node store) or
@@ -302,6 +341,7 @@ class Reconciler:
                 self._give_up_if_gone(node)
                 return
             worker.actual = {instance.id: instance for instance in listed}
+            self.recorder.reached(node)  # (before this pass's outcomes: back, then running again)
         # This pass's view: a relist asked for meanwhile (``wake(relist=True)`` resets ``worker.actual``)
         # is for the next pass, not a reason to lose what this one knows.
         actual = worker.actual
@@ -325,9 +365,11 @@ class Reconciler:
         )
         metrics.INSTANCES_CREATED.inc(result.created)
         metrics.INSTANCES_REMOVED.inc(result.removed)
+        self.recorder.node_pass(node, plan, actual)
         metrics.NODE_PASSES.labels(result="ok" if result.unreachable is None else "unreachable").inc()
         holding = _holding(node, actual)
         if result.unreachable is not None:
+            self.recorder.unreachable(node, result.unreachable)
             worker.failures += 1
             worker.actual = None
             self._may_still_run(node, desired, NodeState.UNREACHABLE, result.unreachable)
@@ -359,6 +401,7 @@ class Reconciler:
             worker.failures += 1
             return
         worker.failures = 0
+        self.recorder.reached(node)
         metrics.NODE_PASSES.labels(result="ok").inc()
         stored = self.shared.inventory.instances
         here = {i.id: i for i in self.shared.inventory.runs_on(node)}
@@ -391,7 +434,7 @@ class Reconciler:
                 continue  # (only a failure looks for the previous spec: a scan of the node's instances)
             previous = _previous_spec(here.values(), wanted)
             if previous is not None:
-                message = f"{outcome.message} (the previous spec's instance {previous} keeps running)"
+                message = outcome.message + PREVIOUS_KEEPS_RUNNING.format(previous)
                 outcomes[uid] = executor.InstanceOutcome(NodeState.FAILED, outcome.instance_id, message)
         self._record(node, desired, outcomes, _holding(node, here))
         self.rollouts.nudge(d.owner.resource_uid for d in desired)
@@ -419,7 +462,8 @@ class Reconciler:
 
         async def probe(wanted: planner.DesiredInstance) -> None:
             async with self.limits.total, node_limit:
-                result = await readiness.probe(client, wanted.instance.id, deadline=timeout)
+                tenant = client.on_behalf_of(wanted.owner.tenant)
+                result = await readiness.probe(tenant, wanted.instance.id, deadline=timeout)
             probes[wanted.instance.id] = result
             if result.evidence is readiness.Evidence.PROVEN:
                 worker.proven.add(wanted.instance.id)
@@ -461,7 +505,7 @@ class Reconciler:
             uid = removal.owner.resource_uid
             outcome = outcomes.get(uid)
             if outcome is not None and outcome.instance_id == replacement and outcome.state is NodeState.FAILED:
-                message = f"{outcome.message} (the previous spec's instance {removal.instance_id} keeps running)"
+                message = outcome.message + PREVIOUS_KEEPS_RUNNING.format(removal.instance_id)
                 outcomes[uid] = executor.InstanceOutcome(NodeState.FAILED, replacement, message)
 
     def _recheck(self, worker: NodeWorker) -> None:
@@ -520,6 +564,7 @@ class Reconciler:
         state = NodeState.FAILED if answered else NodeState.UNREACHABLE
         logger.warning("node %s: listing instances failed: %s", node, error)
         message = f"listing instances failed: {error.message}" if answered else str(error)
+        self.recorder.unreachable(node, message)
         for wanted in desired:
             self.set_outcome(wanted.owner.resource_uid, node, NodeOutcome(node, state, wanted.instance.id, message))
         self.deletions.node_unreachable(node, state, message)
@@ -559,6 +604,7 @@ class Reconciler:
             return
         since = previous.since if previous is not None and previous.state == outcome.state else self.clock()
         per_node[node] = NodeOutcome(node, outcome.state, outcome.instance_id, outcome.message, since)
+        self.recorder.outcome(self.resources.get(uid), previous, outcome)
         self.writer.mark(uid)
         self.rollouts.note_outcome(uid, node, outcome)
         if self.shared is not None and self.shared.waiting:
@@ -637,13 +683,25 @@ class Reconciler:
         )
 
     def record_store_failure(
-        self, uid: str, instance_id: str, nodes: set[str], error: errors.DaemonError, *, removing: bool = False
+        self,
+        uid: str,
+        instance_id: str,
+        nodes: set[str],
+        error: errors.DaemonError,
+        *,
+        removing: bool = False,
+        wanted: planner.DesiredInstance | None = None,
     ) -> None:
-        """A write to the shared store failed: every node it was for says why."""
+        """A write to the shared store failed: every node it was for says why (and, for the create of
+        ``wanted``, that the previous spec's instance keeps running, when there is one)."""
         unreachable = isinstance(error, errors.DaemonUnreachable)
         message = str(error) if unreachable else error.message
         if removing:
             message = f"cannot remove the instance from IG's store: {message}"
+        elif wanted is not None and self.shared is not None:
+            previous = _previous_spec(self.shared.inventory.instances.values(), wanted)
+            if previous is not None:
+                message += PREVIOUS_KEEPS_RUNNING.format(previous)
         outcome = NodeOutcome("", NodeState.UNREACHABLE if unreachable else NodeState.FAILED, instance_id, message)
         for node in nodes:
             self.set_outcome(uid, node, replace(outcome, node=node))

@@ -32,6 +32,17 @@ CLUSTER_KIND = "ClusterGadgetInstance"
 CLUSTER_PLURAL = "clustergadgetinstances"
 CLUSTER_SHORT_NAME = "cgi"
 
+ROLLOUT_PAUSED_ANNOTATION = "gadget-operator.io/rollout-paused"
+"""``"true"``: a RollingUpdate or Manual rollout admits no further node until the annotation goes (the
+control API's PAUSE and RESUME intents set and remove it)."""
+ROLLOUT_STEP_ANNOTATION = "gadget-operator.io/rollout-step"
+"""Manual rollouts: how many batches past the first the rollout may admit, as ``"<generation>:<n>"``
+(bound to that ``metadata.generation``: any later spec change starts again from the first batch; the
+control API's NEXT intent writes it) or a bare ``"<n>"`` (whatever rollout runs: for hand-written
+manifests, which cannot know the generation; reset it with each spec change)."""
+RESYNC_ANNOTATION = "gadget-operator.io/resync-requested"
+"""Any new value: the operator looks at every node of the resource again now (once per value)."""
+
 
 @dataclass(frozen=True, slots=True)
 class Kind:
@@ -123,6 +134,9 @@ class LabelSelector:
 class UpdateStrategyType(enum.StrEnum):
     ALL_AT_ONCE = "AllAtOnce"
     ROLLING_UPDATE = "RollingUpdate"
+    MANUAL = "Manual"
+    """A RollingUpdate that admits its first batch and then waits for each next step
+    (``ROLLOUT_STEP_ANNOTATION``, the control API's NEXT intent)."""
 
 
 _PERCENT = re.compile(r"^(100|[1-9][0-9]?)%$")
@@ -134,14 +148,20 @@ class UpdateStrategy:
     """How a spec change reaches the nodes that run an older spec. Either way a node keeps its old
     instance until the new one is proven there; ``RollingUpdate`` also limits how many nodes start
     the new spec at once (``max_surge``, a count or a percentage of the target nodes, rounded up) and
-    stops there while one of them fails, so a broken spec reaches only the first batch."""
+    stops there while one of them fails, so a broken spec reaches only the first batch. ``Manual`` is
+    the same, but after the first batch each further batch waits for a step asked for by hand."""
 
     type: UpdateStrategyType = UpdateStrategyType.ALL_AT_ONCE
     max_surge: int | str = DEFAULT_MAX_SURGE
 
     @property
     def rolling(self) -> bool:
-        return self.type is UpdateStrategyType.ROLLING_UPDATE
+        """Whether a spec change rolls out in batches (RollingUpdate or Manual)."""
+        return self.type is not UpdateStrategyType.ALL_AT_ONCE
+
+    @property
+    def manual(self) -> bool:
+        return self.type is UpdateStrategyType.MANUAL
 
     def batch_size(self, target_nodes: int) -> int:
         """Nodes that may start the new spec at once (at least one)."""
@@ -247,12 +267,14 @@ def _update_strategy(raw: Any, path: str) -> UpdateStrategy:
     try:
         kind = UpdateStrategyType(raw.get("type", UpdateStrategyType.ALL_AT_ONCE))
     except ValueError:
-        raise SpecError(f"{path}.type", f"must be AllAtOnce or RollingUpdate, got {raw.get('type')!r}") from None
+        raise SpecError(
+            f"{path}.type", f"must be AllAtOnce, RollingUpdate or Manual, got {raw.get('type')!r}"
+        ) from None
     rolling = raw.get("rollingUpdate")
     if rolling is None:
         return UpdateStrategy(kind)
-    if kind is not UpdateStrategyType.ROLLING_UPDATE:
-        raise SpecError(f"{path}.rollingUpdate", "is only allowed with type RollingUpdate")
+    if kind is UpdateStrategyType.ALL_AT_ONCE:
+        raise SpecError(f"{path}.rollingUpdate", "is only allowed with type RollingUpdate or Manual")
     if not isinstance(rolling, Mapping) or set(rolling) - {"maxSurge"}:
         raise SpecError(f"{path}.rollingUpdate", "must be an object with maxSurge only")
     surge = rolling.get("maxSurge", DEFAULT_MAX_SURGE)
@@ -349,6 +371,47 @@ def _selector(raw: Any, path: str) -> LabelSelector:
 
 
 @dataclass(frozen=True, slots=True)
+class Controls:
+    """What a user asks of the operator through annotations on the resource: the Kubernetes-native twin
+    of the control API's intents, and where those intents are kept, so that they outlive the process
+    that took them (a restart, a new leader)."""
+
+    paused: bool = False
+    """``ROLLOUT_PAUSED_ANNOTATION`` is ``"true"``: no further node starts the new spec."""
+    steps: int = 0
+    """``ROLLOUT_STEP_ANNOTATION``: batches past the first that a Manual rollout may admit."""
+    resync: str = ""
+    """``RESYNC_ANNOTATION``'s value; each new one asks for a resync."""
+
+
+NO_CONTROLS = Controls()
+_STEP = re.compile(r"^(?:(\d{1,18}):)?(\d{1,6})$")
+
+
+def parse_controls(annotations: Any, generation: int) -> Controls:
+    """The ``Controls`` in a resource's annotations. A value that cannot be read counts as absent (a
+    pause that is not ``"true"``, a step of another generation or not a number): annotations are not
+    validated at admission, and nothing here may stop the resource from being handled."""
+    if not isinstance(annotations, Mapping) or not annotations:
+        return NO_CONTROLS
+    paused = str(annotations.get(ROLLOUT_PAUSED_ANNOTATION, "")).strip().lower() == "true"
+    steps = 0
+    match = _STEP.fullmatch(str(annotations.get(ROLLOUT_STEP_ANNOTATION, "")).strip())
+    if match is not None and (match.group(1) is None or int(match.group(1)) == generation):
+        steps = int(match.group(2))
+    resync = str(annotations.get(RESYNC_ANNOTATION, ""))
+    if not (paused or steps or resync):
+        return NO_CONTROLS
+    return Controls(paused=paused, steps=steps, resync=resync)
+
+
+def step_annotation(generation: int, steps: int) -> str:
+    """The value of ``ROLLOUT_STEP_ANNOTATION`` that grants ``steps`` batches past the first to the
+    rollout of ``generation``."""
+    return f"{generation}:{steps}"
+
+
+@dataclass(frozen=True, slots=True)
 class GadgetInstanceResource:
     """What the operator needs of one GadgetInstance or ClusterGadgetInstance object, parsed once per
     watch event (``namespace`` is empty for a ClusterGadgetInstance)."""
@@ -364,6 +427,7 @@ class GadgetInstanceResource:
     finalizers: tuple[str, ...]
     status: Mapping[str, Any]
     kind: Kind = GADGET_INSTANCE
+    controls: Controls = NO_CONTROLS
 
     @property
     def key(self) -> str:
@@ -388,11 +452,12 @@ class GadgetInstanceResource:
         except SpecError as error:
             spec_error = str(error)
         kind = kind_named(body.get("kind"))
+        generation = int(metadata.get("generation", 1))
         return cls(
             uid=metadata["uid"],
             namespace=metadata.get("namespace", "") if kind.namespaced else "",
             name=metadata["name"],
-            generation=int(metadata.get("generation", 1)),
+            generation=generation,
             resource_version=str(metadata.get("resourceVersion", "")),
             spec=spec,
             spec_error=spec_error,
@@ -400,4 +465,5 @@ class GadgetInstanceResource:
             finalizers=tuple(metadata.get("finalizers") or ()),
             status=dict(body.get("status") or {}),
             kind=kind,
+            controls=parse_controls(metadata.get("annotations"), generation),
         )

@@ -7,9 +7,16 @@ are proven, and none start while one of them has failed, so a broken spec stops 
 and everything else keeps the previous one. A node that runs nothing of the resource yet has nothing
 to protect and starts the new spec at once. A fixed spec is a new digest, so a new rollout.
 
+``Manual`` is the same with a limit: the rollout admits its first batch, then one more batch per step
+asked for (``Controls.steps``: the control API's NEXT intent writes the ``rollout-step`` annotation). A
+pause (the ``rollout-paused`` annotation: PAUSE and RESUME intents) admits nothing more in either.
+
 Kept in memory only: after a restart the nodes already running the new spec are admitted again as
 they are seen, and no new node is admitted before every target node has been seen, so the batch is
-never exceeded.
+never exceeded. Steps and pauses are annotations on the resource, so they outlive the process too.
+
+Each step (nodes admitted), a halt, the end, a pause and a resume are recorded in the event log and
+posted as Kubernetes Events on the resource.
 """
 
 from __future__ import annotations
@@ -19,6 +26,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from gadget_operator import identity, planner
+from gadget_operator.control import events
 from gadget_operator.daemon import model
 from gadget_operator.resource import GadgetInstanceResource, GadgetInstanceSpec
 from gadget_operator.status import NodeOutcome, NodeState, Progress
@@ -43,16 +51,36 @@ class Rollout:
     nodes: frozenset[str] | None = None
     """Shared store: the nodes the new spec's one instance covers while the rollout has not reached
     every node (None once it has); each step is a new instance, as IG instances are immutable."""
+    halt_reported: bool = False
+    complete_reported: bool = False
 
     def updating(self, targets: Collection[str]) -> set[str]:
         return {node for node in self.admitted - self.updated if node in targets}
 
-    def admit(self, node: str, *, batch: int, targets: Collection[str], failed: Collection[str]) -> bool:
-        """Whether ``node`` (which runs an older spec) may start the new one now; admits it if so."""
+    def admitted_in(self, targets: Collection[str]) -> int:
+        return sum(1 for node in self.admitted if node in targets)
+
+    def admit(
+        self,
+        node: str,
+        *,
+        batch: int,
+        targets: Collection[str],
+        failed: Collection[str],
+        limit: int | None = None,
+        paused: bool = False,
+    ) -> bool:
+        """Whether ``node`` (which runs an older spec) may start the new one now; admits it if so.
+        ``limit``: most target nodes admitted in all (Manual: the batches asked for); ``paused``: none."""
         if node in self.admitted:
             return True
         updating = self.updating(targets)
-        if len(updating) >= batch or any(n in failed for n in updating):
+        if (
+            paused
+            or len(updating) >= batch
+            or any(n in failed for n in updating)
+            or (limit is not None and self.admitted_in(targets) >= limit)
+        ):
             self.waiting.add(node)
             return False
         self.admitted.add(node)
@@ -67,18 +95,31 @@ class Rollout:
             self.waiting.discard(node)
             self.version += 1
 
-    def progress(self, *, batch: int, targets: Collection[str], failed: Collection[str]) -> Progress | None:
+    def progress(
+        self,
+        *,
+        batch: int,
+        targets: Collection[str],
+        failed: Collection[str],
+        limit: int | None = None,
+        paused: bool = False,
+        strategy: str = "RollingUpdate",
+    ) -> Progress | None:
         """The status of the rollout, or None when it is over (nothing updating or waiting)."""
         updating = self.updating(targets)
         waiting = {node for node in self.waiting if node in targets}
         if not updating and not waiting:
             return None
+        halted = bool(waiting) and any(node in failed for node in updating)
         return Progress(
             max_surge=batch,
             updated=sum(1 for node in self.updated if node in targets),
             updating=len(updating),
             waiting=len(waiting),
-            halted=bool(waiting) and any(node in failed for node in updating),
+            halted=halted,
+            strategy=strategy,
+            paused=paused and bool(waiting),
+            awaiting_step=(limit is not None and bool(waiting) and not halted and self.admitted_in(targets) >= limit),
         )
 
 
@@ -158,7 +199,7 @@ class RollingUpdates:
             elif instance_id in actual:
                 plan.readmit(node)
                 to_plan.append(wanted)
-            elif self._seen_everywhere(gi) and plan.admit(node, **self._admission(gi, plan)):
+            elif self._seen_everywhere(gi) and (node in plan.admitted or self._admit(gi, plan, node)):
                 to_plan.append(wanted)
             else:
                 plan.waiting.add(node)
@@ -167,7 +208,52 @@ class RollingUpdates:
 
     def _admission(self, gi: GadgetInstanceResource, plan: Rollout) -> dict[str, Any]:
         batch, targets, failed = self._inputs(gi, plan)
-        return {"batch": batch, "targets": targets, "failed": failed}
+        return {
+            "batch": batch,
+            "targets": targets,
+            "failed": failed,
+            "limit": _limit(gi, batch),
+            "paused": gi.controls.paused,
+        }
+
+    def _admit(self, gi: GadgetInstanceResource, plan: Rollout, node: str) -> bool:
+        """Admit ``node`` if it may start the new spec now (a step, recorded)."""
+        if not plan.admit(node, **self._admission(gi, plan)):
+            return False
+        self._stepped(gi, plan, [node])
+        return True
+
+    def _stepped(self, gi: GadgetInstanceResource, plan: Rollout, nodes: list[str]) -> None:
+        """A step: ``nodes`` start the new spec."""
+        if not nodes:
+            return
+        targets = set(self._targets(gi, gi.spec)) if gi.spec is not None else set()
+        updated = sum(1 for node in plan.updated if node in targets)
+        self.rec.recorder.rollout(
+            events.RolloutAction.STEP, gi, updated=updated, total=len(targets), nodes=tuple(sorted(nodes))
+        )
+        self.rec.report.announce(
+            gi,
+            "RolloutStep",
+            f"{', '.join(sorted(nodes))} start(s) the new spec ({updated} of {len(targets)} node(s) updated)",
+        )
+
+    def _announce(self, gi: GadgetInstanceResource, plan: Rollout, action: events.RolloutAction) -> None:
+        """A halt, the end, a pause or a resume of ``gi``'s rollout."""
+        targets = set(self._targets(gi, gi.spec)) if gi.spec is not None else set()
+        updated = sum(1 for node in plan.updated if node in targets)
+        event = self.rec.recorder.rollout(action, gi, updated=updated, total=len(targets))
+        self.rec.report.announce(gi, _REASONS[action], event.summary(), warning=action is events.RolloutAction.HALTED)
+
+    def controls_changed(self, previous: GadgetInstanceResource, gi: GadgetInstanceResource) -> None:
+        """A pause, a resume or a step (annotations): record it, and let waiting nodes in if they may."""
+        plan = self.of(gi)
+        if plan is None:
+            return
+        if previous.controls.paused != gi.controls.paused:
+            action = events.RolloutAction.PAUSED if gi.controls.paused else events.RolloutAction.RESUMED
+            self._announce(gi, plan, action)
+        self.nudge((gi.uid,))
 
     def _seen_everywhere(self, gi: GadgetInstanceResource) -> bool:
         """Per-node store: every target node has reported on the resource since this process started,
@@ -184,7 +270,10 @@ class RollingUpdates:
             if plan is None or not plan.waiting or gi is None or gi.spec is None:
                 continue
             batch, targets, failed = self._inputs(gi, plan)
-            if failed or len(plan.updating(targets)) >= batch:
+            if failed or len(plan.updating(targets)) >= batch or gi.controls.paused:
+                continue
+            limit = _limit(gi, batch)
+            if limit is not None and plan.admitted_in(targets) >= limit:
                 continue
             if self.rec.shared is not None:
                 self.rec.shared.wake()
@@ -192,14 +281,26 @@ class RollingUpdates:
                 self.rec.wake_nodes(plan.waiting)
 
     def note_outcome(self, uid: str, node: str, outcome: NodeOutcome) -> None:
-        """A node proven running the current spec leaves its rollout's batch for good."""
+        """A node proven running the current spec leaves its rollout's batch for good (and the rollout
+        may be complete); an admitted node whose new instance failed halts it."""
         plan = self.registry.get(uid)
+        if plan is None or outcome.state not in (NodeState.RUNNING, NodeState.FAILED):
+            return
         gi = self.rec.resources.get(uid)
-        if plan is None or gi is None or gi.spec is None or outcome.state is not NodeState.RUNNING:
+        if gi is None or gi.spec is None or plan.digest != gi.spec.digest:
+            return
+        if outcome.state is NodeState.FAILED:
+            if not plan.halt_reported and node in plan.admitted and node not in plan.updated:
+                plan.halt_reported = True
+                self._announce(gi, plan, events.RolloutAction.HALTED)
             return
         if node not in plan.updated and outcome.instance_id == self.rec.desired.expected_id(gi, gi.spec, node):
             plan.updated.add(node)
+            plan.halt_reported = False
             self.nudge((uid,))
+            if not plan.complete_reported and node in plan.admitted and self.progress(gi) is None:
+                plan.complete_reported = True
+                self._announce(gi, plan, events.RolloutAction.COMPLETE)
 
     def advance_shared(self, stored: Iterable[model.GadgetInstance]) -> set[str]:
         """Shared store: admit the next nodes of every rolling update. While a rollout has not reached
@@ -224,8 +325,8 @@ class RollingUpdates:
             older &= targets
             for node in nodes_by_spec.get((uid, spec.digest), set()) & older:
                 plan.readmit(node)
-            for node in sorted(older - plan.admitted):
-                plan.admit(node, **self._admission(gi, plan))
+            admitted = [node for node in sorted(older - plan.admitted) if plan.admit(node, **self._admission(gi, plan))]
+            self._stepped(gi, plan, admitted)
             step = None if older <= plan.admitted else frozenset((targets - older) | plan.admitted)
             if step != plan.nodes:
                 plan.nodes = step
@@ -240,4 +341,28 @@ class RollingUpdates:
         if plan is None or gi.spec is None or plan.digest != gi.spec.digest:
             return None
         batch, targets, failed = self._inputs(gi, plan)
-        return plan.progress(batch=batch, targets=targets, failed=failed)
+        return plan.progress(
+            batch=batch,
+            targets=targets,
+            failed=failed,
+            limit=_limit(gi, batch),
+            paused=gi.controls.paused,
+            strategy=gi.spec.update_strategy.type.value,
+        )
+
+
+_REASONS = {
+    events.RolloutAction.HALTED: "RolloutHalted",
+    events.RolloutAction.COMPLETE: "RolloutComplete",
+    events.RolloutAction.PAUSED: "RolloutPaused",
+    events.RolloutAction.RESUMED: "RolloutResumed",
+}
+"""The Kubernetes Event reason of each rollout event but a step (``RolloutStep``)."""
+
+
+def _limit(gi: GadgetInstanceResource, batch: int) -> int | None:
+    """Manual: the most target nodes the rollout may have admitted (its first batch and one per step
+    asked for); None for a RollingUpdate."""
+    if gi.spec is None or not gi.spec.update_strategy.manual:
+        return None
+    return batch * (1 + gi.controls.steps)

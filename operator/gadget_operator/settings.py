@@ -11,6 +11,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from gadget_operator.tenancy import DEFAULT_ALLOWED_IMAGES
+from gadget_operator.tokens import ServiceAccount
 
 
 class DiscoveryMode(enum.StrEnum):
@@ -145,6 +146,48 @@ class TenancySettings:
 
     allowed_images: tuple[str, ...] = DEFAULT_ALLOWED_IMAGES
     """Shell-style patterns of the full image references that may run; others are refused."""
+    daemon_tokens: DaemonTokenSettings | None = None
+    """Set when the daemons run IG's multi-tenancy: every call carries a ServiceAccount token (``tokens``)."""
+
+
+@dataclass(frozen=True, slots=True)
+class DaemonTokenSettings:
+    """IG's multi-tenancy (``tokens``): whose tokens the operator sends to the daemons."""
+
+    operator_account: ServiceAccount
+    """The operator's own ServiceAccount: listing nodes, ClusterGadgetInstances."""
+    tenant_account: str = "gadget-tenant"
+    """The ServiceAccount, in each GadgetInstance's namespace, the operator speaks as for that resource."""
+    lifetime: int = 3600
+    """Seconds each token is valid (at least 600); renewed at 80% of it."""
+
+
+@dataclass(frozen=True, slots=True)
+class ControlSettings:
+    """The operator's own control API (``control``): state, events and intents, over gRPC and HTTP/JSON.
+
+    On the pod's loopback by default, so reaching it takes what ``kubectl port-forward`` to the
+    operator's pod takes (``pods/portforward`` in its namespace); any other address must serve TLS."""
+
+    address: str = "127.0.0.1:50051"
+    """``host:port`` of the gRPC listener ("" disables it). The ports are Skaffold's (50051, 50052)."""
+    http_address: str = "127.0.0.1:50052"
+    """``host:port`` of the HTTP/JSON listener, the same messages in the proto3 JSON mapping ("" disables it)."""
+    tls_cert: str | None = None
+    """Serving certificate (PEM) of both listeners; required (with the key) for a non-loopback address."""
+    tls_key: str | None = None
+    tls_client_ca: str | None = None
+    """When set, clients must present a certificate signed by this CA (mutual TLS)."""
+    event_buffer: int = 10_000
+    """Entries the event log keeps for a replay; older ones are dropped (and counted)."""
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.address or self.http_address)
+
+    @property
+    def tls(self) -> bool:
+        return self.tls_cert is not None
 
 
 @dataclass(frozen=True, slots=True)
@@ -161,6 +204,7 @@ class Settings:
     namespaces: tuple[str, ...] = ()
     """The namespaces whose GadgetInstances are handled; empty: every namespace."""
     tenancy: TenancySettings = field(default_factory=TenancySettings)
+    control: ControlSettings = field(default_factory=ControlSettings)
 
 
 @dataclass(frozen=True, slots=True)

@@ -140,7 +140,9 @@ class SharedPlacement:
         last: errors.DaemonError | None = None
         for node, client in self._daemons(ready, targets, instance.id):
             try:
-                await client.create_instance(instance, event_buffer_length=wanted.event_buffer_length)
+                await client.on_behalf_of(wanted.owner.tenant).create_instance(
+                    instance, event_buffer_length=wanted.event_buffer_length
+                )
             except errors.InstanceAlreadyExists:
                 pass  # the ID and name are derived from the resource, spec and node set: it is ours
             except errors.DaemonUnreachable as error:
@@ -148,16 +150,17 @@ class SharedPlacement:
                 continue
             except errors.DaemonError as error:
                 logger.warning("shared store: creating %s through %s failed: %s", instance.id, node, error)
-                self.rec.record_store_failure(wanted.owner.resource_uid, instance.id, targets, error)
+                self.rec.record_store_failure(wanted.owner.resource_uid, instance.id, targets, error, wanted=wanted)
                 return False
             else:
                 metrics.INSTANCES_CREATED.inc()
                 logger.info("created instance %s of %s through %s", instance.id, wanted.owner.resource, node)
+                self.rec.recorder.stored(wanted.owner, instance.id, through=node, nodes=len(targets))
             self.inventory.created(instance)
             touched |= targets
             return True
         if last is not None:
-            self.rec.record_store_failure(wanted.owner.resource_uid, instance.id, targets, last)
+            self.rec.record_store_failure(wanted.owner.resource_uid, instance.id, targets, last, wanted=wanted)
         return False
 
     async def _remove(self, removal: planner.Removal, ready: Mapping[str, str], touched: set[str]) -> bool:
@@ -180,6 +183,7 @@ class SharedPlacement:
                 break
             else:
                 metrics.INSTANCES_REMOVED.inc()
+                self.rec.recorder.unstored(removal.owner, removal.instance_id, reason=removal.reason)
                 logger.info(
                     "removed instance %s of %s through %s (%s)",
                     removal.instance_id,

@@ -72,23 +72,41 @@ class Progress:
     updating: int
     waiting: int
     halted: bool
+    strategy: str = "RollingUpdate"
+    paused: bool = False
+    """No further node is admitted until the rollout is resumed."""
+    awaiting_step: bool = False
+    """Manual: every batch asked for has started; the next waits for the next step."""
+
+    @property
+    def stopped(self) -> bool:
+        """Whether the rollout does not advance by itself (halted, paused, or awaiting its next step)."""
+        return self.halted or ((self.paused or self.awaiting_step) and not self.updating)
 
     def describe(self) -> str:
+        kind = "manual rollout" if self.strategy == "Manual" else "rolling update"
         text = (
-            f"rolling update: {self.updated} node(s) updated, {self.updating} updating, "
+            f"{kind}: {self.updated} node(s) updated, {self.updating} updating, "
             f"{self.waiting} waiting with the previous spec (at most {self.max_surge} at once)"
         )
         if self.halted:
             text += "; halted because the new spec failed: fix the spec to resume"
+        elif self.paused:
+            text += "; paused: resume it to go on"
+        elif self.awaiting_step:
+            text += "; waiting for the next step to be asked for"
         return text
 
     def as_status(self) -> dict[str, object]:
         return {
+            "strategy": self.strategy,
             "maxSurge": self.max_surge,
             "updatedNodes": self.updated,
             "updatingNodes": self.updating,
             "waitingNodes": self.waiting,
             "halted": self.halted,
+            "paused": self.paused,
+            "awaitingStep": self.awaiting_step,
         }
 
 
@@ -255,13 +273,19 @@ def _judge(
 
 def _rolling(message: str, conditions: list[Condition], rollout: Progress) -> tuple[str, list[Condition]]:
     """A rolling update in progress: said in the summary; Progressing while it advances, not once the
-    new spec's failures have halted it (then only a spec change moves it on)."""
+    new spec's failures have halted it (then only a spec change moves it on), nor while it is paused or
+    waits for its next step with nothing starting."""
     progress = rollout.describe()
     updated = []
     for condition in conditions:
         if condition.type == "Progressing":
-            reason = "RolloutHalted" if rollout.halted else "RollingUpdate"
-            condition = Condition("Progressing", not rollout.halted, reason, progress)
+            if rollout.halted:
+                reason = "RolloutHalted"
+            elif rollout.stopped:
+                reason = "RolloutPaused" if rollout.paused else "AwaitingNextStep"
+            else:
+                reason = "RollingUpdate"
+            condition = Condition("Progressing", not rollout.stopped, reason, progress)
         updated.append(condition)
     return f"{message}; {progress}", updated
 

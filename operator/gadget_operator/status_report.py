@@ -2,8 +2,9 @@
 
 ``render`` says how a resource stands (cheaply: whether every target node has reported on the
 current spec) and how to fold its nodes' outcomes into a status (``status.compute_status``, done only
-when the ``StatusWriter`` may write); ``write`` patches ``/status`` and posts an Event on each phase
-change, so ``kubectl describe gi`` tells the story; ``count_phase`` keeps the resources-by-phase gauge.
+when the ``StatusWriter`` may write); ``write`` patches ``/status`` and, on each phase change, posts an
+Event (``announce``, also used for rollout steps and resync requests, so ``kubectl describe gi`` tells
+the story) and records it in the event log; ``count_phase`` keeps the resources-by-phase gauge.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING, Any
 
-from gadget_operator import kube, metrics, status
+from gadget_operator import kube, metrics, status, validation
 from gadget_operator.resource import GadgetInstanceResource
 from gadget_operator.status import NodeOutcome, NodeState
 from gadget_operator.status_writer import Rendered
@@ -30,19 +31,19 @@ class StatusReport:
         self.rec = reconciler
         self._phases: dict[str, str] = {}
 
-    def render(self, uid: str) -> Rendered | None:
+    def render(self, uid: str, *, max_node_entries: int | None = None) -> Rendered | None:
         """How ``uid`` stands now: whether every target node has reported on the current spec (cheap),
         and how to fold its nodes' outcomes into a status (``status.compute_status``, done only when the
-        writer may write it)."""
+        writer may write it). ``max_node_entries`` overrides the cap on node entries (the control API
+        lists every node)."""
         gi = self.rec.resources.get(uid)
         if gi is None or (gi.deleting and uid not in self.rec.deletions):
             return None
         outcomes = self.rec.outcomes.get(uid, {})
+        entries = self.rec.settings.status.max_node_entries if max_node_entries is None else max_node_entries
 
         def observed() -> status.Observed:
-            return status.Observed(
-                gi.generation, gi.status, self.rec.clock(), self.rec.settings.status.max_node_entries
-            )
+            return status.Observed(gi.generation, gi.status, self.rec.clock(), entries)
 
         refused = self.rec.finalizers.refusal(uid)
         if refused is not None:
@@ -77,6 +78,9 @@ class StatusReport:
             rejection = status.Refused(verdict.reason, message)
             return Rendered(lambda: status.compute_status(observed(), rejected=rejection), gi.status, settled=True)
         checking = verdict is None
+        checking_message = CHECKING
+        if checking and (refused := self.rec.dry_runs.refused.get(validation.check_key(spec))):
+            checking_message = f"{CHECKING}: {refused}"
         expected = {node: self.rec.desired.expected_id(gi, spec, node) for node in matching}
         settled = not checking and not any(_unsettled(outcomes.get(node), expected[node]) for node in matching)
 
@@ -85,7 +89,7 @@ class StatusReport:
             for node in matching:
                 outcome = outcomes.get(node)
                 if checking:
-                    outcome = NodeOutcome(node, NodeState.PENDING, message=CHECKING)
+                    outcome = NodeOutcome(node, NodeState.PENDING, message=checking_message)
                 elif outcome is None or _stale(outcome, expected[node]):
                     outcome = NodeOutcome(node, NodeState.PENDING, message="not yet created on this node")
                 current[node] = outcome
@@ -121,18 +125,23 @@ class StatusReport:
             raise
         metrics.STATUS_WRITES.labels(result="ok").inc()
         await self.rec.observe("MODIFIED", body)
-        if gi.status.get("phase") != new.get("phase"):
-            self.rec._spawn(self._announce(gi, new))
+        previous = str(gi.status.get("phase") or "")
+        phase = str(new.get("phase") or "")
+        if previous != phase:
+            message = str(new.get("message", phase))
+            self.rec.recorder.phase(gi, previous, phase, message)
+            self.announce(gi, phase, message, warning=phase in WARNING_PHASES)
 
-    async def _announce(self, gi: GadgetInstanceResource, new: dict[str, Any]) -> None:
-        """A Kubernetes Event on each phase change, so `kubectl describe gi` (or `cgi`) tells the story."""
-        phase = str(new.get("phase"))
+    def announce(self, gi: GadgetInstanceResource, reason: str, message: str, *, warning: bool = False) -> None:
+        """A Kubernetes Event on the resource (posted in the background; a failure is only logged), so
+        `kubectl describe gi` (or `cgi`) tells the story: each phase change, rollout step, resync."""
+        self.rec._spawn(self._post(gi, reason, message, warning))
+
+    async def _post(self, gi: GadgetInstanceResource, reason: str, message: str, warning: bool) -> None:
         try:
-            await self.rec.api.post_event(
-                gi, warning=phase in WARNING_PHASES, reason=phase, message=str(new.get("message", phase))
-            )
+            await self.rec.api.post_event(gi, warning=warning, reason=reason, message=message)
         except Exception as error:
-            logger.debug("%s: posting the %s event failed: %s", gi.key, phase, error)
+            logger.debug("%s: posting the %s event failed: %s", gi.key, reason, error)
 
     def count_phase(self, uid: str, phase: str | None) -> None:
         """Keep the resources-by-phase gauge: ``phase`` None when the resource is gone."""

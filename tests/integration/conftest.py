@@ -18,6 +18,7 @@ from gadget_operator import tenancy, validation
 from gadget_operator.daemon.client import DaemonPool
 from gadget_operator.resource import parse_spec
 from gadget_operator.simulator.configmap_store import ConfigMapStore
+from gadget_operator.simulator.multitenancy import MultiTenancy
 from gadget_operator.simulator.server import Fleet
 from gadget_operator.testing.kube_emulator import PORT_ANNOTATION_PREFIX, KubeEmulator
 from tests.integration.harness import (
@@ -137,16 +138,35 @@ async def cluster() -> AsyncIterator[tuple[Cluster, KubeEmulator | None]]:
 
 @pytest.fixture(params=STORES)
 async def env(request: pytest.FixtureRequest, cluster: tuple[Cluster, KubeEmulator | None]) -> AsyncIterator[Env]:
+    async with static_env(cluster, request.param) as test_env:
+        yield test_env
+
+
+@contextlib.asynccontextmanager
+async def static_env(
+    cluster: tuple[Cluster, KubeEmulator | None],
+    store: str,
+    *,
+    multi_tenancy: MultiTenancy | None = None,
+    operator_args: tuple[str, ...] = (),
+) -> AsyncIterator[Env]:
+    """``NODE_COUNT`` simulated daemons on ``store``, their Nodes, and the operator (static discovery)
+    started with ``operator_args``; with ``multi_tenancy`` the daemons run IG's multi-tenancy."""
     test_cluster, emulator = cluster
-    store: str = request.param
     directory = Path(tempfile.mkdtemp(prefix="gi-"))
     shared_store = None
-    store_args: tuple[str, ...] = ("--daemon-store", store)
+    store_args: tuple[str, ...] = ("--daemon-store", store, *operator_args)
     if store == "shared":
         # The test's namespace stands in for IG's `gadget` namespace: the store's ConfigMaps live there.
         shared_store = ConfigMapStore(test_cluster.api, test_cluster.namespace)
         store_args += ("--daemon-namespace", test_cluster.namespace)
-    fleet = Fleet(directory, stored=False, unknown_images=["no_such_gadget"], shared_store=shared_store)
+    fleet = Fleet(
+        directory,
+        stored=False,
+        unknown_images=["no_such_gadget"],
+        shared_store=shared_store,
+        multi_tenancy=multi_tenancy,
+    )
     await fleet.start(NODE_COUNT, prefix=test_cluster.node_prefix)
     for name in fleet.nodes:
         await test_cluster.add_node(name, {"gadget-test/role": "worker"})
@@ -165,24 +185,30 @@ async def env(request: pytest.FixtureRequest, cluster: tuple[Cluster, KubeEmulat
         await test_env.operator.start()  # inside: a failed start still stops the daemons below
         yield test_env
     finally:
-        if E2E_KUBECONFIG:  # leave nothing behind: let the operator release its finalizers first
-            for item in (
-                await test_cluster.custom.list_namespaced_custom_object(
-                    "gadget-operator.io", "v1alpha1", test_cluster.namespace, "gadgetinstances"
-                )
-            )["items"]:
-                with contextlib.suppress(ApiException):
-                    await test_cluster.delete(item["metadata"]["name"])
-                    await test_cluster.wait_gone(item["metadata"]["name"])
-            for name in list(test_cluster.created_cluster_objects):
-                with contextlib.suppress(ApiException):
-                    await test_cluster.delete(name, kind=CGI)
-                    await test_cluster.wait_gone(name, kind=CGI)
-        code = await test_env.operator.stop()
-        await pool.close()
-        await fleet.stop()
-        shutil.rmtree(directory, ignore_errors=True)
+        try:
+            if E2E_KUBECONFIG:  # leave nothing behind: let the operator release its finalizers first
+                await delete_what_the_test_made(test_cluster)
+        finally:
+            code = await test_env.operator.stop()
+            await pool.close()
+            await fleet.stop()
+            shutil.rmtree(directory, ignore_errors=True)
         assert code in (0, None), f"the operator exited with {code}:\n{test_env.operator.logs()}"
+
+
+async def delete_what_the_test_made(cluster: Cluster) -> None:
+    """Both kinds' objects of the test, each deleted and waited for (the operator releases them)."""
+    listed = await cluster.custom.list_namespaced_custom_object(
+        "gadget-operator.io", "v1alpha1", cluster.namespace, "gadgetinstances"
+    )
+    for item in listed["items"]:
+        with contextlib.suppress(ApiException):
+            await cluster.delete(item["metadata"]["name"])
+            await cluster.wait_gone(item["metadata"]["name"])
+    for name in list(cluster.created_cluster_objects):
+        with contextlib.suppress(ApiException):
+            await cluster.delete(name, kind=CGI)
+            await cluster.wait_gone(name, kind=CGI)
 
 
 DAEMON_PORT = 8080

@@ -27,7 +27,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator, Collection, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -56,7 +56,7 @@ from tests.integration.harness import (
     Nodes,
     emulator_client,
     eventually,
-    load_crd,
+    load_crds,
 )
 from tests.packaging.conftest import HA_OVERLAY, k8s_binaries, load_documents, one, run
 
@@ -875,16 +875,24 @@ async def test_a_start_before_the_crd_waits_for_it_then_works() -> None:
         )
         starting = asyncio.create_task(operator.start(within=60))
 
-        async def waiting() -> bool:
-            return "waiting for CRD gadgetinstances.gadget-operator.io" in operator.logs()
+        def waiting_for(plural: str) -> Callable[[], Awaitable[bool]]:
+            async def waiting() -> bool:
+                assert operator is not None
+                return f"waiting for CRD {plural}.gadget-operator.io" in operator.logs()
 
-        await eventually(waiting, what="the operator says it waits for the CRD")
+            return waiting
+
+        gadget_instances, cluster_gadget_instances = load_crds()
+        await eventually(waiting_for("gadgetinstances"), what="the operator says it waits for the CRD")
         assert not starting.done()
-        emulator.register_crd(load_crd())
+        emulator.register_crd(gadget_instances)
+        await eventually(waiting_for("clustergadgetinstances"), what="then it waits for the cluster-scoped one")
+        assert not starting.done()
+        emulator.register_crd(cluster_gadget_instances)
         await starting
         await cluster.apply("trace", {"image": "trace_exec"})
         await cluster.wait_phase("trace", "Running")
-        assert operator.logs().count("waiting for CRD") == 1
+        assert operator.logs().count("waiting for CRD") == 2
     finally:
         if operator is not None:
             await operator.stop()

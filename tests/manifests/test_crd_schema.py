@@ -377,7 +377,7 @@ _valid_specs = st.fixed_dictionaries(
         "updateStrategy": st.one_of(
             st.fixed_dictionaries({}, optional={"type": st.just("AllAtOnce")}),
             st.fixed_dictionaries(
-                {"type": st.just("RollingUpdate")},
+                {"type": st.sampled_from(["RollingUpdate", "Manual"])},
                 optional={
                     "rollingUpdate": st.fixed_dictionaries(
                         {}, optional={"maxSurge": st.integers(1, 1000) | st.integers(1, 100).map(lambda p: f"{p}%")}
@@ -489,6 +489,9 @@ _EDGES: list[tuple[str, Any]] = [
             {"type": "AllAtOnce", "rollingUpdate": {"maxSurge": 1}},
             {"rollingUpdate": {"maxSurge": 1}},
             {"type": "RollingUpdate", "rollingUpdate": {}},
+            {"type": "Manual"},
+            {"type": "Manual", "rollingUpdate": {"maxSurge": 2}},
+            {"type": "manual"},
             *(
                 {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": surge}}
                 for surge in [1, 1000, 1001, 0, -1, "1%", "100%", "101%", "0%", "25", "x%", "05%", 1.5, True]

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
+import re
 import subprocess
 import sys
 from collections.abc import Callable, Mapping, Sequence
@@ -25,6 +27,7 @@ CHART = ROOT / "charts" / "gadget-operator"
 BASE = ROOT / "manifests" / "base"
 OVERLAY = ROOT / "manifests" / "overlays" / "standalone-ig"
 HA_OVERLAY = ROOT / "manifests" / "overlays" / "ha"
+IG_MULTI_TENANCY = BASE / "ig-multi-tenancy"
 RELEASE = "gadget-operator"
 NAMESPACE = "gadget-operator-system"
 # The version of the kubectl used here; kubernetes-validate has its schemas.
@@ -137,6 +140,30 @@ def containers_env(deployment: Mapping[str, Any]) -> dict[str, str]:
     return env
 
 
+def resolved_env(deployment: Mapping[str, Any]) -> dict[str, str]:
+    """The operator container's environment as the kubelet sets it: the downward API's pod fields
+    (``metadata.namespace``, ``spec.serviceAccountName``) filled in, and ``$(VAR)`` references to
+    variables defined earlier in the list expanded (``$$`` escapes one ``$``)."""
+    pod = deployment["spec"]["template"]["spec"]
+    fields = {
+        "metadata.namespace": deployment["metadata"]["namespace"],
+        "spec.serviceAccountName": pod.get("serviceAccountName", "default"),
+    }
+    (container,) = pod["containers"]
+    env: dict[str, str] = {}
+    for item in container.get("env", []):
+        if "valueFrom" in item:
+            assert set(item["valueFrom"]) == {"fieldRef"}, f"{item['name']}: only pod fields are used"
+            env[item["name"]] = fields[item["valueFrom"]["fieldRef"]["fieldPath"]]
+        else:
+            env[item["name"]] = re.sub(
+                r"\$\$|\$\(([A-Za-z_][A-Za-z0-9_]*)\)",
+                lambda m: "$" if m.group(0) == "$$" else env.get(m.group(1), m.group(0)),
+                item["value"],
+            )
+    return env
+
+
 @pytest.fixture(scope="session")
 def binaries() -> dict[str, Path]:
     try:
@@ -212,3 +239,25 @@ def overlay(kustomize: Callable[[Path], list[dict[str, Any]]]) -> list[dict[str,
 @pytest.fixture(scope="session")
 def ha_overlay(kustomize: Callable[[Path], list[dict[str, Any]]]) -> list[dict[str, Any]]:
     return kustomize(HA_OVERLAY)
+
+
+@pytest.fixture(scope="session")
+def ig_multi_tenancy_overlay(
+    kustomize: Callable[[Path], list[dict[str, Any]]], tmp_path_factory: pytest.TempPathFactory
+) -> list[dict[str, Any]]:
+    """manifests/base with the component manifests/base/ig-multi-tenancy, as a user's overlay adds it
+    (kustomize wants relative paths to both)."""
+    directory = tmp_path_factory.mktemp("ig-multi-tenancy-overlay")
+    base = Path(os.path.relpath(BASE, directory))
+    component = Path(os.path.relpath(IG_MULTI_TENANCY, directory))
+    (directory / "kustomization.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "apiVersion": "kustomize.config.k8s.io/v1beta1",
+                "kind": "Kustomization",
+                "resources": [str(base)],
+                "components": [str(component)],
+            }
+        )
+    )
+    return kustomize(directory)

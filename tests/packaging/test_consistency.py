@@ -5,7 +5,10 @@
 * the same operator settings (environment) for the same set-up;
 * every GADGET_OPERATOR_* variable they set is a real `gadget-operator run` flag, and the operator's
   own command-line parser accepts the values;
-* every Deployment runs non-root, read-only, without privilege escalation, with probes.
+* every Deployment runs non-root, read-only, without privilege escalation, with probes;
+* Inspektor Gadget's multi-tenancy: the chart's igMultiTenancy and the component
+  manifests/base/ig-multi-tenancy grant the same token and scope rules and configure the operator alike,
+  and the tenant example (examples/multi-tenancy/tenant.yaml) sets up the account and scope they expect.
 """
 
 from __future__ import annotations
@@ -17,9 +20,22 @@ from typing import Any
 
 import click
 import pytest
+import yaml
 
-from gadget_operator import cli
-from tests.packaging.conftest import CUSTOM_VALUES, NAMESPACE, containers_env, find, one
+from gadget_operator import cli, resource, tenancy, tokens
+from tests.manifests import crd_validation
+from tests.packaging.conftest import (
+    CHART,
+    CUSTOM_VALUES,
+    NAMESPACE,
+    ROOT,
+    containers_env,
+    find,
+    load_documents,
+    one,
+    resolved_env,
+    validate,
+)
 
 Rule = tuple[str, str, str]  # (apiGroup, resource, verb)
 NamedRules = dict[tuple[str, Rule], frozenset[str]]  # (scope, rule) -> the only object names it is granted on
@@ -65,8 +81,11 @@ def rbac_grants(objects: Sequence[Mapping[str, Any]]) -> tuple[dict[str, set[Rul
             names = rule.get("resourceNames")
             for triple in granted:
                 if names:
-                    # Kubernetes never matches a create or deletecollection by name: such a rule grants nothing.
-                    assert triple[2] not in ("create", "deletecollection"), f"{role['metadata']['name']}: {rule}"
+                    # Kubernetes never matches a create or deletecollection of a resource by name (a new
+                    # object's name is in the body): such a rule grants nothing. A subresource's create
+                    # names its object in the URL (serviceaccounts/NAME/token), so there a name limits it.
+                    if "/" not in triple[1]:
+                        assert triple[2] not in ("create", "deletecollection"), f"{role['metadata']['name']}: {rule}"
                     named.setdefault((scope, triple), set()).update(names)
                 else:
                     unlimited.add((scope, triple))
@@ -205,24 +224,40 @@ def deployments(
     base: list[dict[str, Any]],
     overlay: list[dict[str, Any]],
     ha_overlay: list[dict[str, Any]],
+    chart_multi_tenancy: list[dict[str, Any]],
+    ig_multi_tenancy_overlay: list[dict[str, Any]],
 ) -> dict[str, Mapping[str, Any]]:
     return {
         "chart default values": one(chart_default, "Deployment"),
         "chart custom values": one(chart_custom, "Deployment"),
+        "chart igMultiTenancy": one(chart_multi_tenancy, "Deployment"),
         "manifests/base": one(base, "Deployment"),
         "manifests/overlays/standalone-ig": one(overlay, "Deployment"),
         "manifests/overlays/ha": one(ha_overlay, "Deployment"),
+        "manifests/base + ig-multi-tenancy": one(ig_multi_tenancy_overlay, "Deployment"),
     }
+
+
+POD_FIELD_ENV = {"POD_NAMESPACE": "metadata.namespace", "SERVICE_ACCOUNT_NAME": "spec.serviceAccountName"}
+"""The only other variables: pod fields from the downward API (ig-multi-tenancy's operator account is
+made of them; the operator reads POD_NAMESPACE itself too)."""
 
 
 def test_every_variable_is_a_run_flag(deployments: dict[str, Mapping[str, Any]]) -> None:
     assert "GADGET_OPERATOR_DISCOVERY" in RUN_FLAG_ENV  # the naming rule itself
     for where, deployment in deployments.items():
-        env = containers_env(deployment)
+        env = resolved_env(deployment)
         assert env, where
         unknown = {name for name in env if name.startswith("GADGET_OPERATOR_")} - RUN_FLAG_ENV
         assert not unknown, f"{where}: not `gadget-operator run` flags: {sorted(unknown)}"
-        assert set(env) <= RUN_FLAG_ENV, f"{where}: other variables: {sorted(set(env) - RUN_FLAG_ENV)}"
+        others = set(env) - RUN_FLAG_ENV
+        assert others <= set(POD_FIELD_ENV), f"{where}: other variables: {sorted(others)}"
+        (container,) = deployment["spec"]["template"]["spec"]["containers"]
+        for item in container["env"]:
+            if item["name"] in others:
+                assert item["valueFrom"] == {"fieldRef": {"fieldPath": POD_FIELD_ENV[item["name"]]}}, where
+            else:
+                assert "valueFrom" not in item, f"{where}: {item['name']}: only literal values are used"
 
 
 def parse_run(env: Mapping[str, str], args: Sequence[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict:
@@ -317,9 +352,11 @@ def test_the_static_nodes_file_is_one_the_operator_accepts(overlay: list[dict[st
     [
         "chart default values",
         "chart custom values",
+        "chart igMultiTenancy",
         "manifests/base",
         "manifests/overlays/standalone-ig",
         "manifests/overlays/ha",
+        "manifests/base + ig-multi-tenancy",
     ],
 )
 def test_deployment_is_locked_down(deployments: dict[str, Mapping[str, Any]], where: str) -> None:
@@ -342,10 +379,140 @@ def test_deployment_is_locked_down(deployments: dict[str, Mapping[str, Any]], wh
         assert "hostPath" not in volume, volume
 
     ports = {p["name"]: p["containerPort"] for p in container["ports"]}
-    env = containers_env(deployments[where])
+    env = resolved_env(deployments[where])
     assert env["GADGET_OPERATOR_LIVENESS"] == f"http://0.0.0.0:{ports['health']}/healthz"
     for probe in ("livenessProbe", "readinessProbe"):
         assert container[probe]["httpGet"] == {"path": "/healthz", "port": "health"}, probe
     assert container["resources"]["limits"]["memory"]
     assert container["resources"]["requests"]["cpu"]
     assert container["resources"]["requests"]["memory"]
+
+
+# -- Inspektor Gadget's multi-tenancy ----------------------------------------------------------------------
+
+MULTI_TENANCY_RULES = {
+    # Tokens of the tenant accounts (any namespace) and IG's default scope for the operator (cluster-wide).
+    "cluster": {("", "serviceaccounts/token", "create"), ("", "pods", "create")},
+    # A token of the operator's own account.
+    NAMESPACE: {("", "serviceaccounts/token", "create")},
+}
+MULTI_TENANCY_NAMES = {
+    ("cluster", ("", "serviceaccounts/token", "create")): frozenset({"gadget-tenant"}),
+    (NAMESPACE, ("", "serviceaccounts/token", "create")): frozenset({"gadget-operator"}),
+}
+TENANT_EXAMPLE = ROOT / "examples" / "multi-tenancy" / "tenant.yaml"
+
+
+@pytest.fixture(scope="module")
+def chart_multi_tenancy(helm_template: Callable[..., list[dict[str, Any]]]) -> list[dict[str, Any]]:
+    return helm_template({"igMultiTenancy": {"enabled": True}})
+
+
+def merged(*scopes: Mapping[str, set[Rule]]) -> dict[str, set[Rule]]:
+    result: dict[str, set[Rule]] = {}
+    for rules in scopes:
+        for scope, granted in rules.items():
+            result.setdefault(scope, set()).update(granted)
+    return result
+
+
+def test_chart_multi_tenancy_and_the_component_grant_the_same_rules(
+    chart_multi_tenancy: list[dict[str, Any]], ig_multi_tenancy_overlay: list[dict[str, Any]]
+) -> None:
+    expected = merged(EXPECTED_RULES, MULTI_TENANCY_RULES)
+    assert rbac_rules(chart_multi_tenancy) == rbac_rules(ig_multi_tenancy_overlay) == expected
+    assert resource_names(chart_multi_tenancy) == resource_names(ig_multi_tenancy_overlay) == MULTI_TENANCY_NAMES
+    # Rule by rule (comments aside), the new roles are the same, in the same namespaces.
+    for kind, name in [
+        ("ClusterRole", "gadget-operator-tenant-tokens"),
+        ("ClusterRole", "gadget-operator-ig-scope"),
+        ("Role", "gadget-operator-own-token"),
+    ]:
+        chart_role, component_role = one(chart_multi_tenancy, kind, name), one(ig_multi_tenancy_overlay, kind, name)
+        assert component_role["rules"] == chart_role["rules"], name
+        assert component_role["metadata"].get("namespace") == chart_role["metadata"].get("namespace"), name
+
+
+def test_chart_multi_tenancy_and_the_component_configure_the_operator_alike(
+    chart_multi_tenancy: list[dict[str, Any]], ig_multi_tenancy_overlay: list[dict[str, Any]]
+) -> None:
+    chart_env = containers_env(one(chart_multi_tenancy, "Deployment"))
+    component_env = resolved_env(one(ig_multi_tenancy_overlay, "Deployment"))
+    assert {k: v for k, v in component_env.items() if k not in POD_FIELD_ENV} == chart_env
+    assert chart_env["GADGET_OPERATOR_OPERATOR_SERVICE_ACCOUNT"] == f"{NAMESPACE}/gadget-operator"
+
+
+@pytest.mark.parametrize("where", ["chart igMultiTenancy", "manifests/base + ig-multi-tenancy"])
+def test_the_operator_parses_the_multi_tenancy_settings(
+    deployments: dict[str, Mapping[str, Any]], where: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    params = parse_run(resolved_env(deployments[where]), [], tmp_path, monkeypatch)
+    assert params["ig_multi_tenancy"] is True
+    assert params["tenant_service_account"] == "gadget-tenant"
+    assert params["token_lifetime"] == 3600
+    # run() parses the account itself: NAMESPACE/NAME, the pod's own ServiceAccount.
+    operator = tokens.ServiceAccount.parse(params["operator_service_account"])
+    pod = deployments[where]["spec"]["template"]["spec"]
+    assert operator == tokens.ServiceAccount(deployments[where]["metadata"]["namespace"], pod["serviceAccountName"])
+
+
+@pytest.mark.parametrize("where", ["chart igMultiTenancy", "manifests/base + ig-multi-tenancy"])
+def test_the_token_rules_name_the_accounts_the_operator_speaks_as(
+    chart_multi_tenancy: list[dict[str, Any]], ig_multi_tenancy_overlay: list[dict[str, Any]], where: str
+) -> None:
+    objects = chart_multi_tenancy if where.startswith("chart") else ig_multi_tenancy_overlay
+    env = resolved_env(one(objects, "Deployment"))
+    operator = tokens.ServiceAccount.parse(env["GADGET_OPERATOR_OPERATOR_SERVICE_ACCOUNT"])
+    token = ("", "serviceaccounts/token", "create")
+    assert resource_names(objects)[(operator.namespace, token)] == {operator.name}
+    assert resource_names(objects)[("cluster", token)] == {env["GADGET_OPERATOR_TENANT_SERVICE_ACCOUNT"]}
+
+
+def test_the_tenant_example_sets_up_what_the_operator_and_the_daemons_expect(
+    chart_multi_tenancy: list[dict[str, Any]],
+) -> None:
+    """examples/multi-tenancy/tenant.yaml: valid objects; the tenant account the operator speaks as (the
+    default --tenant-service-account), granted IG's default scope (the chart's igMultiTenancy.scope) in its
+    namespace, and a GadgetInstance there that the CRD admits and the operator accepts."""
+    objects = load_documents(TENANT_EXAMPLE.read_text())
+    assert [o["kind"] for o in objects] == ["Namespace", "ServiceAccount", "Role", "RoleBinding", "GadgetInstance"]
+    (namespace,) = {o["metadata"]["name"] for o in find(objects, "Namespace")}
+    for obj in objects:
+        if obj["kind"] != "Namespace":
+            assert obj["metadata"]["namespace"] == namespace, obj["metadata"]
+        if obj["kind"] != resource.KIND:
+            validate(obj)
+
+    tenant = containers_env(one(chart_multi_tenancy, "Deployment"))["GADGET_OPERATOR_TENANT_SERVICE_ACCOUNT"]
+    assert tenant == cli.run.params[[p.name for p in cli.run.params].index("tenant_service_account")].default
+    account = one(objects, "ServiceAccount")
+    assert account["metadata"]["name"] == tenant
+    assert account["automountServiceAccountToken"] is False  # only the operator uses its tokens
+
+    values = yaml.safe_load((CHART / "values.yaml").read_text())["igMultiTenancy"]
+    scope = values["scope"]
+    assert values["tenantServiceAccount"] == tenant
+    role, binding = one(objects, "Role"), one(objects, "RoleBinding")
+    assert role["rules"] == [
+        {"apiGroups": [scope["apiGroup"]], "resources": [scope["resource"]], "verbs": [scope["verb"]]}
+    ]
+    assert binding["roleRef"] == {
+        "apiGroup": "rbac.authorization.k8s.io",
+        "kind": "Role",
+        "name": role["metadata"]["name"],
+    }
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": tenant, "namespace": namespace}]
+    # The operator's own scope (its ClusterRole) is the same permission.
+    assert one(chart_multi_tenancy, "ClusterRole", "gadget-operator-ig-scope")["rules"] == role["rules"]
+
+    gadget = one(objects, resource.KIND)
+    assert gadget["apiVersion"] == f"{resource.GROUP}/{resource.VERSION}"
+    assert crd_validation.validate(gadget) == []
+    spec = resource.parse_spec(gadget["spec"])
+    assert tenancy.check_image(spec.image, tenancy_allowed_images(chart_multi_tenancy)) is None
+    confined = tenancy.confine(namespace, gadget["spec"].get("params", {}))
+    assert not isinstance(confined, tenancy.Refusal), confined
+
+
+def tenancy_allowed_images(objects: Sequence[Mapping[str, Any]]) -> list[str]:
+    return containers_env(one(objects, "Deployment"))["GADGET_OPERATOR_ALLOWED_IMAGES"].split()

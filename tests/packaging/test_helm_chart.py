@@ -302,3 +302,149 @@ def test_notes_render(helm: Path, tmp_path: Path) -> None:
     assert "Leader election is on (2 replica(s))" in notes
     assert "get lease gadget-operator" in notes
     assert "the namespaces a, b" in notes
+
+
+# -- igMultiTenancy (Inspektor Gadget's multi-tenancy) -----------------------------------------------------
+
+MULTI_TENANCY_OBJECTS = [
+    ("ClusterRole", "gadget-operator-ig-scope"),
+    ("ClusterRole", "gadget-operator-tenant-tokens"),
+    ("ClusterRoleBinding", "gadget-operator-ig-scope"),
+    ("ClusterRoleBinding", "gadget-operator-tenant-tokens"),
+    ("Role", "gadget-operator-own-token"),
+    ("RoleBinding", "gadget-operator-own-token"),
+]
+MULTI_TENANCY_ENV = {
+    "GADGET_OPERATOR_IG_MULTI_TENANCY",
+    "GADGET_OPERATOR_OPERATOR_SERVICE_ACCOUNT",
+    "GADGET_OPERATOR_TENANT_SERVICE_ACCOUNT",
+    "GADGET_OPERATOR_TOKEN_LIFETIME",
+}
+
+
+def names(objects: list[dict[str, Any]]) -> set[tuple[str, str]]:
+    return {(o["kind"], o["metadata"]["name"]) for o in objects}
+
+
+def test_multi_tenancy_is_off_by_default(
+    chart_default: list[dict[str, Any]], chart_custom: list[dict[str, Any]]
+) -> None:
+    for objects in (chart_default, chart_custom):
+        assert not names(objects) & set(MULTI_TENANCY_OBJECTS)
+        assert not MULTI_TENANCY_ENV & set(containers_env(one(objects, "Deployment")))
+        for role in find(objects, "ClusterRole") + find(objects, "Role"):
+            for rule in role["rules"]:
+                assert "serviceaccounts/token" not in rule["resources"], role["metadata"]["name"]
+
+
+def test_multi_tenancy_renders_the_settings_and_the_rbac(
+    helm_template: Render, chart_default: list[dict[str, Any]]
+) -> None:
+    objects = helm_template({"igMultiTenancy": {"enabled": True}})
+    assert validate_all(objects) == []
+    assert sorted(names(objects) - names(chart_default)) == MULTI_TENANCY_OBJECTS
+    env = containers_env(one(objects, "Deployment"))
+    assert {k: env[k] for k in MULTI_TENANCY_ENV} == {
+        "GADGET_OPERATOR_IG_MULTI_TENANCY": "true",
+        "GADGET_OPERATOR_OPERATOR_SERVICE_ACCOUNT": f"{NAMESPACE}/{RELEASE}",
+        "GADGET_OPERATOR_TENANT_SERVICE_ACCOUNT": "gadget-tenant",
+        "GADGET_OPERATOR_TOKEN_LIFETIME": "3600",
+    }
+    # Everything else is as without it.
+    assert {k: v for k, v in env.items() if k not in MULTI_TENANCY_ENV} == containers_env(
+        one(chart_default, "Deployment")
+    )
+    # Tokens of the tenant accounts, in any namespace, and of the operator's own account, in its namespace.
+    token = {"apiGroups": [""], "resources": ["serviceaccounts/token"], "verbs": ["create"]}
+    assert one(objects, "ClusterRole", "gadget-operator-tenant-tokens")["rules"] == [
+        {**token, "resourceNames": ["gadget-tenant"]}
+    ]
+    own = one(objects, "Role", "gadget-operator-own-token")
+    assert own["metadata"]["namespace"] == NAMESPACE
+    assert own["rules"] == [{**token, "resourceNames": [RELEASE]}]
+    # IG's default scope, for the operator, cluster-wide.
+    assert one(objects, "ClusterRole", "gadget-operator-ig-scope")["rules"] == [
+        {"apiGroups": [""], "resources": ["pods"], "verbs": ["create"]}
+    ]
+    for kind, name in MULTI_TENANCY_OBJECTS:
+        if kind.endswith("Binding"):
+            binding = one(objects, kind, name)
+            assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": kind[:-7], "name": name}
+            assert binding["subjects"] == [{"kind": "ServiceAccount", "name": RELEASE, "namespace": NAMESPACE}]
+            assert binding["metadata"].get("namespace") == one(objects, kind[:-7], name)["metadata"].get("namespace")
+
+
+def test_multi_tenancy_values_reach_the_operator_and_its_rbac(helm: Path, tmp_path: Path) -> None:
+    values = tmp_path / "values.yaml"
+    values.write_text(
+        yaml.safe_dump(
+            {
+                "serviceAccount": {"name": "tracer"},
+                "igMultiTenancy": {
+                    "enabled": True,
+                    "tenantServiceAccount": "ig-client",
+                    "tokenLifetime": 1200000,
+                    "scope": {"apiGroup": "gadget.kinvolk.io", "resource": "traces", "verb": "get"},
+                },
+            }
+        )
+    )
+    objects = [
+        o for o in yaml.safe_load_all(run([helm, "template", "ops", CHART, "-n", "tools", "-f", values]).stdout) if o
+    ]
+    validate_all(objects)
+    env = containers_env(one(objects, "Deployment"))
+    assert env["GADGET_OPERATOR_OPERATOR_SERVICE_ACCOUNT"] == "tools/tracer"
+    assert env["GADGET_OPERATOR_TENANT_SERVICE_ACCOUNT"] == "ig-client"
+    assert env["GADGET_OPERATOR_TOKEN_LIFETIME"] == "1200000"  # an integer, never 1.2e+06
+    assert one(objects, "ClusterRole", "ops-gadget-operator-tenant-tokens")["rules"][0]["resourceNames"] == [
+        "ig-client"
+    ]
+    own = one(objects, "Role", "ops-gadget-operator-own-token")
+    assert (own["metadata"]["namespace"], own["rules"][0]["resourceNames"]) == ("tools", ["tracer"])
+    assert one(objects, "ClusterRole", "ops-gadget-operator-ig-scope")["rules"] == [
+        {"apiGroups": ["gadget.kinvolk.io"], "resources": ["traces"], "verbs": ["get"]}
+    ]
+    for binding in find(objects, "ClusterRoleBinding") + find(objects, "RoleBinding"):
+        assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "tracer", "namespace": "tools"}]
+
+
+def test_multi_tenancy_without_the_operator_scope_or_any_rbac(helm_template: Render) -> None:
+    own_scope = helm_template({"igMultiTenancy": {"enabled": True, "grantOperatorScope": False}})
+    validate_all(own_scope)
+    assert not names(own_scope) & {("ClusterRole", "gadget-operator-ig-scope")}
+    assert {("ClusterRole", "gadget-operator-tenant-tokens"), ("Role", "gadget-operator-own-token")} <= names(own_scope)
+    no_rbac = helm_template({"igMultiTenancy": {"enabled": True}, "rbac": {"create": False}})
+    validate_all(no_rbac)
+    assert not names(no_rbac) & set(MULTI_TENANCY_OBJECTS)
+    assert containers_env(one(no_rbac, "Deployment"))["GADGET_OPERATOR_IG_MULTI_TENANCY"] == "true"
+
+
+def test_lint_strict_with_multi_tenancy(helm: Path) -> None:
+    run([helm, "lint", "--strict", CHART, "--set", "igMultiTenancy.enabled=true"])
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--set", "igMultiTenancy.tokenLifetime=599"], "/igMultiTenancy/tokenLifetime"),
+        (["--set", "igMultiTenancy.tokenLifetime=3600.5"], "/igMultiTenancy/tokenLifetime"),
+        (["--set", "igMultiTenancy.tenantServiceAccount=Team_A"], "/igMultiTenancy/tenantServiceAccount"),
+        (["--set", "igMultiTenancy.scope.resource="], "/igMultiTenancy/scope/resource"),
+        (["--set", "igMultiTenancy.scope.subresource=x"], "subresource"),
+        (["--set", "igMultiTenancy.enabled=yes"], "/igMultiTenancy/enabled"),
+    ],
+)
+def test_bad_multi_tenancy_values_are_refused(helm: Path, flags: list[str], message: str) -> None:
+    result = run_failing([helm, "template", RELEASE, CHART, "--set", "igMultiTenancy.enabled=true", *flags])
+    assert message in result.stderr, result.stderr
+
+
+def test_values_schema_token_lifetime_minimum() -> None:
+    schema = json.loads((CHART / "values.schema.json").read_text())
+    validator = jsonschema.Draft7Validator(schema)
+    defaults = yaml.safe_load((CHART / "values.yaml").read_text())
+    assert defaults["igMultiTenancy"]["enabled"] is False
+    for lifetime, valid in ((599, False), (600, True), (3600, True)):
+        values = {**defaults, "igMultiTenancy": {**defaults["igMultiTenancy"], "tokenLifetime": lifetime}}
+        assert validator.is_valid(values) is valid, lifetime

@@ -1,5 +1,6 @@
-"""The kustomize manifests: manifests/base (pods discovery), overlays/standalone-ig (static, mTLS) and
-overlays/ha (two replicas, leader election)."""
+"""The kustomize manifests: manifests/base (pods discovery), overlays/standalone-ig (static, mTLS),
+overlays/ha (two replicas, leader election) and the component base/ig-multi-tenancy (Inspektor Gadget's
+multi-tenancy)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,8 @@ from typing import Any
 import yaml
 
 from tests.packaging.conftest import (
+    BASE,
+    IG_MULTI_TENANCY,
     NAMESPACE,
     OVERLAY,
     ROOT,
@@ -15,6 +18,7 @@ from tests.packaging.conftest import (
     find,
     mounts_and_volumes,
     one,
+    resolved_env,
     validate_all,
 )
 
@@ -249,3 +253,93 @@ def test_ha_overlay_keeps_the_rest_of_the_base(base: list[dict[str, Any]], ha_ov
     assert {k: v for k, v in ha_deployment["spec"]["template"]["spec"].items() if k != "containers"} == {
         k: v for k, v in base_deployment["spec"]["template"]["spec"].items() if k != "containers"
     }
+
+
+# -- the component ig-multi-tenancy -------------------------------------------------------------------------
+
+MULTI_TENANCY_OBJECTS = [
+    ("ClusterRole", "gadget-operator-ig-scope"),
+    ("ClusterRole", "gadget-operator-tenant-tokens"),
+    ("ClusterRoleBinding", "gadget-operator-ig-scope"),
+    ("ClusterRoleBinding", "gadget-operator-tenant-tokens"),
+    ("Role", "gadget-operator-own-token"),
+    ("RoleBinding", "gadget-operator-own-token"),
+]
+
+
+def test_ig_multi_tenancy_component_is_a_component() -> None:
+    kustomization = yaml.safe_load((IG_MULTI_TENANCY / "kustomization.yaml").read_text())
+    assert kustomization["kind"] == "Component"
+    assert kustomization["apiVersion"] == "kustomize.config.k8s.io/v1alpha1"
+    # Its usage comment says how to add it, like the other component's.
+    assert "components: [../../base/ig-multi-tenancy]" in (IG_MULTI_TENANCY / "kustomization.yaml").read_text()
+    # The base does not add it, nor define what it adds.
+    base_kustomization = yaml.safe_load((BASE / "kustomization.yaml").read_text())
+    assert "components" not in base_kustomization
+
+
+def test_ig_multi_tenancy_component_renders_valid_objects(
+    base: list[dict[str, Any]], ig_multi_tenancy_overlay: list[dict[str, Any]]
+) -> None:
+    assert validate_all(ig_multi_tenancy_overlay) == []
+    before = sorted((o["kind"], o["metadata"]["name"]) for o in base)
+    after = sorted((o["kind"], o["metadata"]["name"]) for o in ig_multi_tenancy_overlay)
+    assert after == sorted(before + MULTI_TENANCY_OBJECTS)
+    for obj in base:  # nothing else changes
+        if obj["kind"] != "Deployment":
+            assert one(ig_multi_tenancy_overlay, obj["kind"], obj["metadata"]["name"]) == obj
+
+
+def test_ig_multi_tenancy_component_sets_the_operator_env(
+    base: list[dict[str, Any]], ig_multi_tenancy_overlay: list[dict[str, Any]]
+) -> None:
+    base_deployment = one(base, "Deployment")
+    deployment = one(ig_multi_tenancy_overlay, "Deployment")
+    (base_container,) = base_deployment["spec"]["template"]["spec"]["containers"]
+    (container,) = deployment["spec"]["template"]["spec"]["containers"]
+    # The base's env comes first, unchanged, and defines neither helper variable itself.
+    assert container["env"][: len(base_container["env"])] == base_container["env"]
+    assert not {"POD_NAMESPACE", "SERVICE_ACCOUNT_NAME"} & {e["name"] for e in base_container["env"]}
+    assert container["env"][len(base_container["env"]) :] == [
+        {"name": "POD_NAMESPACE", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}},
+        {"name": "SERVICE_ACCOUNT_NAME", "valueFrom": {"fieldRef": {"fieldPath": "spec.serviceAccountName"}}},
+        {"name": "GADGET_OPERATOR_IG_MULTI_TENANCY", "value": "true"},
+        # Expanded by the kubelet from the two variables above, defined earlier in the list.
+        {"name": "GADGET_OPERATOR_OPERATOR_SERVICE_ACCOUNT", "value": "$(POD_NAMESPACE)/$(SERVICE_ACCOUNT_NAME)"},
+        {"name": "GADGET_OPERATOR_TENANT_SERVICE_ACCOUNT", "value": "gadget-tenant"},
+        {"name": "GADGET_OPERATOR_TOKEN_LIFETIME", "value": "3600"},
+    ]
+    env = resolved_env(deployment)
+    assert env["GADGET_OPERATOR_OPERATOR_SERVICE_ACCOUNT"] == f"{NAMESPACE}/gadget-operator"
+    assert {k: v for k, v in env.items() if k in containers_env(base_deployment)} == containers_env(base_deployment)
+    # Only the env differs from the base's Deployment.
+    assert {k: v for k, v in container.items() if k != "env"} == {k: v for k, v in base_container.items() if k != "env"}
+
+
+def test_ig_multi_tenancy_component_rbac(ig_multi_tenancy_overlay: list[dict[str, Any]]) -> None:
+    objects = ig_multi_tenancy_overlay
+    env = resolved_env(one(objects, "Deployment"))
+    operator_namespace, operator_account = env["GADGET_OPERATOR_OPERATOR_SERVICE_ACCOUNT"].split("/")
+    token = {"apiGroups": [""], "resources": ["serviceaccounts/token"], "verbs": ["create"]}
+    # Tokens of the tenant account in any namespace, and of the operator's own account in its namespace.
+    assert one(objects, "ClusterRole", "gadget-operator-tenant-tokens")["rules"] == [
+        {**token, "resourceNames": [env["GADGET_OPERATOR_TENANT_SERVICE_ACCOUNT"]]}
+    ]
+    own = one(objects, "Role", "gadget-operator-own-token")
+    assert own["metadata"]["namespace"] == operator_namespace
+    assert own["rules"] == [{**token, "resourceNames": [operator_account]}]
+    # IG's default scope (apiGroup "", pods, create), for the operator, cluster-wide.
+    assert one(objects, "ClusterRole", "gadget-operator-ig-scope")["rules"] == [
+        {"apiGroups": [""], "resources": ["pods"], "verbs": ["create"]}
+    ]
+    account = one(objects, "ServiceAccount")["metadata"]
+    assert (account["namespace"], account["name"]) == (operator_namespace, operator_account)
+    for kind, name in MULTI_TENANCY_OBJECTS:
+        if kind.endswith("Binding"):
+            binding = one(objects, kind, name)
+            role_kind = kind.removesuffix("Binding")
+            assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": role_kind, "name": name}
+            assert binding["metadata"].get("namespace") == one(objects, role_kind, name)["metadata"].get("namespace")
+            assert binding["subjects"] == [
+                {"kind": "ServiceAccount", "name": operator_account, "namespace": operator_namespace}
+            ]

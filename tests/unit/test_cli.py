@@ -186,6 +186,61 @@ def test_namespaces_from_the_environment_may_be_space_or_comma_separated(started
     assert call["clusterwide"] is False
 
 
+# -- IG's multi-tenancy ----------------------------------------------------------------------------------
+
+
+def test_ig_multi_tenancy_sends_tokens_of_the_accounts_named(started: list[dict[str, Any]]) -> None:
+    result = invoke(
+        "run",
+        env={
+            "GADGET_OPERATOR_IG_MULTI_TENANCY": "true",
+            "GADGET_OPERATOR_OPERATOR_SERVICE_ACCOUNT": "gadget-operator-system/gadget-operator",
+            "GADGET_OPERATOR_TENANT_SERVICE_ACCOUNT": "ig-client",
+            "GADGET_OPERATOR_TOKEN_LIFETIME": "1200",
+        },
+    )
+    assert result.exit_code == 0, result.output
+    tokens = settings_of(started[0]).tenancy.daemon_tokens
+    assert tokens is not None
+    assert (str(tokens.operator_account), tokens.tenant_account, tokens.lifetime) == (
+        "gadget-operator-system/gadget-operator",
+        "ig-client",
+        1200,
+    )
+
+
+def test_without_ig_multi_tenancy_no_token_is_sent(started: list[dict[str, Any]]) -> None:
+    assert invoke("run").exit_code == 0
+    assert settings_of(started[0]).tenancy.daemon_tokens is None
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (("--operator-service-account", "gadget-operator"), "expected NAMESPACE/NAME"),
+        (("--token-lifetime", "599"), "599 is not in the range x>=600"),
+        (("--daemon-transport", "pod-ip"), "would send ServiceAccount tokens over the network in plaintext"),
+    ],
+    ids=["account", "lifetime", "plaintext"],
+)
+def test_ig_multi_tenancy_refuses_what_cannot_work_or_would_leak_tokens(
+    args: tuple[str, ...], message: str, started: list[dict[str, Any]]
+) -> None:
+    assert_usage_error(invoke("run", "--ig-multi-tenancy", *args), message)
+    assert started == []
+
+
+def test_ig_multi_tenancy_with_static_tcp_daemons_needs_mutual_tls(
+    tmp_path: Path, pem_files: dict[str, str], started: list[dict[str, Any]]
+) -> None:
+    nodes = write(tmp_path / "nodes.yaml", "node-1: tcp://10.0.0.1:8080\n")
+    static = ("run", "--ig-multi-tenancy", "--discovery", "static", "--static-nodes", nodes)
+    assert_usage_error(invoke(*static), "in plaintext")
+    tls = ("--tls-cert", pem_files["cert"], "--tls-key", pem_files["key"], "--tls-ca", pem_files["ca"])
+    assert invoke(*static, *tls).exit_code == 0
+    assert len(started) == 1
+
+
 # -- help ----------------------------------------------------------------------------------------------
 
 

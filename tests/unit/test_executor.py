@@ -44,13 +44,20 @@ class FakeDaemon:
     get_errors: dict[str, errors.DaemonError] = field(default_factory=dict)
     remove_errors: dict[str, errors.DaemonError] = field(default_factory=dict)
     calls: list[tuple[str, str]] = field(default_factory=list)
+    tenants: list[tuple[str, str | None]] = field(default_factory=list)
     in_flight: InFlight = field(default_factory=InFlight)
     """Calls in flight, shared with other fake daemons when given."""
     own: InFlight = field(default_factory=InFlight)
     """Calls in flight to this daemon alone."""
+    tenant: str | None = None
+    """The namespace the calls are made for (``on_behalf_of``); recorded with each call."""
+
+    def on_behalf_of(self, namespace: str | None) -> FakeDaemon:
+        return replace(self, tenant=namespace)
 
     async def _enter(self, call: str, instance_id: str) -> None:
         self.calls.append((call, instance_id))
+        self.tenants.append((call, self.tenant))
         trackers = (self.in_flight, self.own)
         for tracker in trackers:
             tracker.now += 1
@@ -386,3 +393,29 @@ async def test_the_total_limit_is_shared_by_every_node() -> None:
     assert [result.created for result in results] == [6, 6, 6]
     assert shared.most == 3
     assert all(daemon.own.most <= 2 for daemon in daemons.values())
+
+
+# -- whose calls (IG's multi-tenancy) ------------------------------------------------------------------
+
+
+async def test_each_instance_is_created_on_behalf_of_its_resources_namespace_and_removed_by_the_operator() -> None:
+    """The daemon authorizes the tenant of each create (``tokens``): a GadgetInstance's speak for its
+    namespace, a ClusterGadgetInstance's for the operator itself; removals are the operator's (they only
+    stop tracing, and must work once the tenant's account is gone)."""
+    namespaced = planner.desired_instance(gi("a", "uid-a"), "n1")
+    cluster = planner.desired_instance(
+        GadgetInstanceResource.from_body(
+            {
+                "kind": "ClusterGadgetInstance",
+                "metadata": {"uid": "uid-c", "name": "c", "finalizers": []},
+                "spec": {"image": "trace_exec"},
+            }
+        ),
+        "n1",
+    )
+    unwanted = planner.desired_instance(gi("old", "uid-old"), "n1")
+    daemon = FakeDaemon({unwanted.instance.id: running(unwanted)})
+    await execute(plan_for([namespaced, cluster], [running(unwanted)], known={"uid-a", "uid-c", "uid-old"}), daemon)
+    assert sorted(daemon.tenants, key=str) == sorted(
+        [("create", "default"), ("create", None), ("remove", None)], key=str
+    )

@@ -68,8 +68,30 @@ async def test_get_status_finalizers_and_list_reach_the_object_of_either_kind(
     assert [(item["kind"], item["metadata"]["name"]) for item in listed] == [(kind.kind, "trace")]
 
     emulator.delete(kind.api_version, kind.plural, "trace", namespace or None)
+    with pytest.raises(kube.KubeApiError) as stale:  # read before the status write and the deletion
+        await api.remove_finalizer(gi)
+    assert stale.value.status == 409
+    gi = GadgetInstanceResource.from_body(emulator.get(kind.api_version, kind.plural, "trace", namespace or None) or {})
     await api.remove_finalizer(gi)
     assert emulator.get(kind.api_version, kind.plural, "trace", namespace or None) is None
+
+
+async def test_a_finalizer_change_on_a_stale_copy_conflicts_and_keeps_anothers_finalizer(
+    world: tuple[KubeEmulator, kube.KubeApi],
+) -> None:
+    """Another controller adds its finalizer after we read the object: ours is not added over it."""
+    emulator, api = world
+    gi = GadgetInstanceResource.from_body(put(emulator, GI, "trace"))
+    current = emulator.get(GI.api_version, GI.plural, "trace", "team-a") or {}
+    emulator.put(current | {"metadata": current["metadata"] | {"finalizers": ["example.com/other"]}})
+    with pytest.raises(kube.KubeApiError) as conflict:
+        await api.add_finalizer(gi)
+    assert conflict.value.status == 409
+    fresh = GadgetInstanceResource.from_body(emulator.get(GI.api_version, GI.plural, "trace", "team-a") or {})
+    await api.add_finalizer(fresh)
+    assert fresh.finalizers == ("example.com/other",)
+    after = GadgetInstanceResource.from_body(emulator.get(GI.api_version, GI.plural, "trace", "team-a") or {})
+    assert after.finalizers == ("example.com/other", resource.FINALIZER)
 
 
 async def test_an_event_about_a_cluster_gadget_instance_goes_to_default_without_a_namespace(

@@ -44,6 +44,9 @@ class FakeDaemon:
     def __init__(self, error: errors.DaemonError | None) -> None:
         self.error = error
 
+    def on_behalf_of(self, namespace: str | None) -> FakeDaemon:
+        return self
+
     async def wait_initialized(self, instance_id: str, *, deadline: float) -> GadgetInfo:
         await asyncio.sleep(0)
         if self.error is not None:

@@ -133,3 +133,32 @@ def test_the_kinds_differ_in_scope_and_names_only() -> None:
         False,
     )
     assert gi.api_version == cgi.api_version == "gadget-operator.io/v1alpha1"
+
+
+def _controls(annotations: dict[str, str], generation: int = 3) -> resource.Controls:
+    return resource.GadgetInstanceResource.from_body(
+        {
+            "metadata": {
+                "uid": "u",
+                "name": "n",
+                "namespace": "ns",
+                "generation": generation,
+                "annotations": annotations,
+            },
+            "spec": {"image": "trace_exec"},
+        }
+    ).controls
+
+
+def test_annotations_carry_the_rollout_pause_steps_and_resync_requests() -> None:
+    assert _controls({}) == resource.Controls()
+    assert _controls({resource.ROLLOUT_PAUSED_ANNOTATION: "true"}).paused
+    assert _controls({resource.ROLLOUT_PAUSED_ANNOTATION: "True"}).paused
+    assert not _controls({resource.ROLLOUT_PAUSED_ANNOTATION: "yes"}).paused
+    assert _controls({resource.ROLLOUT_STEP_ANNOTATION: "3:2"}).steps == 2
+    assert _controls({resource.ROLLOUT_STEP_ANNOTATION: "2:5"}).steps == 0  # another generation's steps
+    assert _controls({resource.ROLLOUT_STEP_ANNOTATION: "4"}).steps == 4  # hand-written: whatever rollout runs
+    assert _controls({resource.ROLLOUT_STEP_ANNOTATION: "-1"}).steps == 0
+    assert _controls({resource.ROLLOUT_STEP_ANNOTATION: "x"}).steps == 0
+    assert _controls({resource.RESYNC_ANNOTATION: "now"}).resync == "now"
+    assert resource.step_annotation(3, 2) == "3:2"

@@ -71,3 +71,36 @@ def test_a_new_spec_starts_a_new_rollout_and_a_non_rolling_one_has_none() -> Non
     assert second.admitted == set()
     assert rollouts.of("uid", "d2", rolling=False) is None
     assert rollouts.get("uid") is None
+
+
+def test_a_manual_rollout_admits_no_node_past_its_limit_until_a_step_raises_it() -> None:
+    plan = rollout.Rollout("digest")
+    assert plan.admit("n0", batch=1, targets=NODES, failed=(), limit=1)
+    plan.updated.add("n0")
+    assert not plan.admit("n1", batch=1, targets=NODES, failed=(), limit=1)  # room in the batch, but no step
+    progress = plan.progress(batch=1, targets=NODES, failed=(), limit=1, strategy="Manual")
+    assert progress is not None
+    assert (progress.awaiting_step, progress.stopped) == (True, True)
+    assert "waiting for the next step" in progress.describe()
+    assert plan.admit("n1", batch=1, targets=NODES, failed=(), limit=2)  # one step granted
+    progress = plan.progress(batch=1, targets=NODES, failed=(), limit=2, strategy="Manual")
+    assert progress is not None
+    assert not progress.awaiting_step
+
+
+def test_a_paused_rollout_admits_nothing_and_says_so() -> None:
+    plan = rollout.Rollout("digest")
+    assert not plan.admit("n0", batch=3, targets=NODES, failed=(), paused=True)
+    progress = plan.progress(batch=3, targets=NODES, failed=(), paused=True)
+    assert progress is not None
+    assert (progress.paused, progress.stopped, progress.as_status()["paused"]) == (True, True, True)
+    assert "paused" in progress.describe()
+    assert plan.admit("n0", batch=3, targets=NODES, failed=())
+
+
+def test_manual_is_a_rolling_strategy_and_takes_the_same_batch_size() -> None:
+    strategy = parse_spec(
+        {"image": "x", "updateStrategy": {"type": "Manual", "rollingUpdate": {"maxSurge": 2}}}
+    ).update_strategy
+    assert (strategy.rolling, strategy.manual, strategy.batch_size(10)) == (True, True, 2)
+    assert UpdateStrategy(ROLLING).manual is False

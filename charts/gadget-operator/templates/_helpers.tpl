@@ -62,6 +62,7 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{/* Where the operator finds its files. */}}
 {{- define "gadget-operator.staticNodesPath" -}}/etc/gadget-operator/nodes.yaml{{- end }}
 {{- define "gadget-operator.tlsDir" -}}/etc/gadget-operator/tls{{- end }}
+{{- define "gadget-operator.controlTlsDir" -}}/etc/gadget-operator/control-tls{{- end }}
 
 {{/* Values that the schema cannot check alone. */}}
 {{- define "gadget-operator.validate" -}}
@@ -78,5 +79,16 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- end }}
 {{- if and .Values.metrics.serviceMonitor.enabled (not .Values.metrics.enabled) }}
 {{- fail "metrics.serviceMonitor.enabled needs metrics.enabled" }}
+{{- end }}
+{{- with .Values.control }}
+{{- if and .expose.enabled (not .expose.tlsSecret) }}
+{{- fail "control.expose.enabled needs control.expose.tlsSecret: the control API is exposed with TLS only" }}
+{{- end }}
+{{- if eq (int .grpcPort) (int .httpPort) }}
+{{- fail "control.grpcPort and control.httpPort must differ" }}
+{{- end }}
+{{- if and $.Values.metrics.enabled (or (eq (int .grpcPort) (int $.Values.metrics.port)) (eq (int .httpPort) (int $.Values.metrics.port))) }}
+{{- fail "the control API's ports must differ from metrics.port" }}
+{{- end }}
 {{- end }}
 {{- end }}

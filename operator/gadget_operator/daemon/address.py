@@ -4,10 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 import grpc
-
-from gadget_operator.settings import TLSSettings
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,8 +34,20 @@ def parse_address(raw: str) -> DaemonAddress:
     raise ValueError(f"daemon address {raw!r}: must start with unix:// or tcp://")
 
 
-def channel_credentials(tls: TLSSettings) -> grpc.ChannelCredentials:
-    """Client credentials for ``ig daemon --tls-cert-file/--tls-key-file/--tls-client-ca-file``."""
+class ClientCertificates(Protocol):
+    """PEM files of a TLS client: the CA it trusts, and its own certificate and key (mutual TLS)."""
+
+    @property
+    def ca_file(self) -> str | None: ...
+    @property
+    def cert_file(self) -> str | None: ...
+    @property
+    def key_file(self) -> str | None: ...
+
+
+def channel_credentials(tls: ClientCertificates) -> grpc.ChannelCredentials:
+    """gRPC client credentials from PEM files: towards ``ig daemon --tls-cert-file/--tls-key-file/
+    --tls-client-ca-file``, or the operator's own control API (``ctl --tls-*``)."""
 
     def read(path: str | None) -> bytes | None:
         return Path(path).read_bytes() if path else None

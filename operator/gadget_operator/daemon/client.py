@@ -7,10 +7,11 @@ gRPC status codes or message text.
 
 from __future__ import annotations
 
+import copy
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol, TypeVar
+from typing import Any, Protocol, Self, TypeVar
 
 import grpc
 import grpc.aio
@@ -22,6 +23,7 @@ from gadget_operator.daemon.pb import api_pb2, api_pb2_grpc
 from gadget_operator.daemon.portforward import SCHEME as PORTFORWARD_SCHEME
 from gadget_operator.daemon.portforward import PortForwarder
 from gadget_operator.settings import TLSSettings
+from gadget_operator.tokens import TokenSource
 
 T = TypeVar("T")
 
@@ -65,6 +67,8 @@ class InstanceApi(Protocol):
 
     def wait_initialized(self, instance_id: str, *, deadline: float) -> Awaitable[GadgetInfo]: ...
 
+    def on_behalf_of(self, namespace: str | None) -> Self: ...
+
 
 @dataclass(frozen=True, slots=True)
 class GadgetParam:
@@ -93,12 +97,16 @@ class DaemonClient:
         timeout: float = 5.0,
         dial: str | None = None,
         channel_options: Sequence[tuple[str, int | str]] = (),
+        tokens: TokenSource | None = None,
     ) -> None:
         """``address`` names the daemon in errors; ``dial``, if given, is where to connect instead
-        (a local port-forward listener); ``channel_options`` are added to the gRPC channel's."""
+        (a local port-forward listener); ``channel_options`` are added to the gRPC channel's;
+        ``tokens``, if given, authenticate every call (IG's multi-tenancy)."""
         parsed = parse_address(dial or address)
         self.address = address
         self.timeout = timeout
+        self._tokens = tokens
+        self._tenant: str | None = None
         options = [*_CHANNEL_OPTIONS, *channel_options]
         if tls is not None and tls.enabled:
             if tls.server_name:
@@ -108,6 +116,15 @@ class DaemonClient:
             self._channel = grpc.aio.insecure_channel(parsed.target, options=options)
         self._instances = api_pb2_grpc.GadgetInstanceManagerStub(self._channel)
         self._gadgets = api_pb2_grpc.GadgetManagerStub(self._channel)
+
+    def on_behalf_of(self, namespace: str | None) -> Self:
+        """This client, speaking for a resource in ``namespace`` (None: a cluster-scoped one, or the
+        operator itself): with tokens, its calls carry that namespace's tenant token. Same channel."""
+        if self._tokens is None or namespace == self._tenant:
+            return self
+        view = copy.copy(self)
+        view._tenant = namespace
+        return view
 
     async def close(self) -> None:
         await self._channel.close(grace=None)
@@ -185,9 +202,12 @@ class DaemonClient:
     async def _call(self, method: Callable[..., Awaitable[T]], request: object, *, deadline: float | None = None) -> T:
         seconds = self.timeout if deadline is None else deadline
         name = getattr(method, "_method", b"").decode().rpartition("/")[2] or "unknown"
+        metadata = None
+        if self._tokens is not None:
+            metadata = (("authorization", "Bearer " + await self._tokens.token(self._tenant)),)
         started = time.perf_counter()
         try:
-            response = await method(request, timeout=seconds)
+            response = await method(request, timeout=seconds, metadata=metadata)
         except grpc.aio.AioRpcError as error:
             translated = self._translate(error, seconds)
             _observe(name, type(translated).__name__, started)
@@ -204,12 +224,25 @@ class DaemonClient:
             return errors.DaemonUnavailable(f"unreachable: {message}", address=self.address)
         if code is grpc.StatusCode.UNIMPLEMENTED:
             return errors.DaemonRejected(f"the daemon does not serve this call: {message}", address=self.address)
+        if code in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED):
+            return errors.CallerRefused(self._refusal(code, message), address=self.address)
         lowered = message.lower()
         if "already exists" in lowered:
             return errors.InstanceAlreadyExists(message, address=self.address)
         if "not found" in lowered:
             return errors.InstanceNotFound(message, address=self.address)
         return errors.DaemonRejected(message, address=self.address)
+
+    def _refusal(self, code: grpc.StatusCode, message: str) -> str:
+        """IG's multi-tenancy refused the call: say as whom it was made, or that no token was sent."""
+        if self._tokens is None:
+            return (
+                f"the daemon refused the call ({message}): it runs Inspektor Gadget's multi-tenancy, "
+                f"start the operator with --ig-multi-tenancy"
+            )
+        account = self._tokens.account_for(self._tenant)
+        verb = "did not accept the token" if code is grpc.StatusCode.UNAUTHENTICATED else "denied it"
+        return f"the daemon {verb} of ServiceAccount {account}: {message}"
 
 
 class _ForwardedClient(DaemonClient):
@@ -255,11 +288,17 @@ class DaemonPool:
     """
 
     def __init__(
-        self, *, tls: TLSSettings | None = None, timeout: float = 5.0, forwarder: PortForwarder | None = None
+        self,
+        *,
+        tls: TLSSettings | None = None,
+        timeout: float = 5.0,
+        forwarder: PortForwarder | None = None,
+        tokens: TokenSource | None = None,
     ) -> None:
         self.tls = tls
         self.timeout = timeout
         self.forwarder = forwarder
+        self.tokens = tokens
         self._clients: dict[str, DaemonClient] = {}
 
     def get(self, address: str) -> DaemonClient:
@@ -275,9 +314,10 @@ class DaemonPool:
                     tls=self.tls,
                     timeout=self.timeout,
                     channel_options=[("grpc.client_idle_timeout_ms", idle_ms)],
+                    tokens=self.tokens,
                 )
             else:
-                client = DaemonClient(address, tls=self.tls, timeout=self.timeout)
+                client = DaemonClient(address, tls=self.tls, timeout=self.timeout, tokens=self.tokens)
             self._clients[address] = client
         return client
 

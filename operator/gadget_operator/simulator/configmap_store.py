@@ -31,7 +31,6 @@ from gadget_operator.simulator.state import (
     Daemon,
     DaemonCallError,
     RunTiming,
-    check_instance_id,
     new_identity,
     quote,
 )
@@ -333,7 +332,7 @@ class SharedStoreDaemon(Daemon):
 
     # -- the service ---------------------------------------------------------------------------------------
 
-    def _stored(self) -> list[model.GadgetInstance]:
+    def stored_instances(self) -> list[model.GadgetInstance]:
         """IG's ``Store.ListGadgetInstances``: the informer cache, converted, without state."""
         try:
             return [configmap_to_instance(configmap) for configmap in self.cache.values()]
@@ -342,29 +341,24 @@ class SharedStoreDaemon(Daemon):
                 f"listing gadget instances: converting configMap to gadgetInstance: {error}"
             ) from None
 
-    def list(self) -> list[model.GadgetInstance]:
-        return [self.with_state(instance) for instance in self._stored()]
-
     async def create_instance(
         self, requested: model.GadgetInstance, *, gadget_timeout: int = 0
     ) -> model.GadgetInstance:
         created = new_identity(requested)
-        if any(existing.name == created.name for existing in self._stored()):
+        if any(existing.name == created.name for existing in self.stored_instances()):
             raise DaemonCallError(f"gadget instance with name '{created.name}' already exists")
         await self.store.create(created, gadget_timeout=gadget_timeout)
         return created
 
-    async def get_instance(self, instance_id: str) -> model.GadgetInstance:
-        check_instance_id(instance_id)
+    def load_stored(self, instance_id: str) -> model.GadgetInstance:
+        """IG's ``Store.GetGadgetInstance``: from this daemon's informer cache, so not yet after a create."""
         configmap = self.cache.get(instance_id)
         if configmap is None:
             raise DaemonCallError("getting gadget instance from store: not found")
         try:
-            instance = configmap_to_instance(configmap)
+            return configmap_to_instance(configmap)
         except DaemonCallError as error:
             raise DaemonCallError(f"getting gadget instance from store: {error}") from None
-        return self.with_state(instance)
 
-    async def remove_instance(self, instance_id: str) -> tuple[int, str]:
-        check_instance_id(instance_id)
+    async def remove_stored(self, instance_id: str) -> tuple[int, str]:
         return await self.store.delete(instance_id)

@@ -4,7 +4,8 @@ A ``SimulatedNode`` serves a ``Daemon`` over the IG wire protocol on ``unix://``
 optional mutual TLS, and takes faults (latency, failing or hanging calls, restart, going away). The
 daemon is ``ig daemon`` with its per-node store (``DaemonState``) or a pod of IG's DaemonSet on the
 shared ConfigMap store (``SharedStoreDaemon``). A ``Fleet`` runs many of them and hands out the
-node -> address map that static discovery reads.
+node -> address map that static discovery reads. With ``Fleet(multi_tenancy=MultiTenancy(...))`` every
+node authenticates and confines each call as IG's multitenancy branch does (``simulator.multitenancy``).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import collections
 from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeAlias
+from typing import Any, NoReturn, TypeAlias
 
 import grpc
 import grpc.aio
@@ -24,7 +25,22 @@ from gadget_operator.daemon import convert, model
 from gadget_operator.daemon.address import parse_address
 from gadget_operator.daemon.pb import api_pb2, api_pb2_grpc
 from gadget_operator.simulator.configmap_store import ConfigMapStore, SharedStoreDaemon
-from gadget_operator.simulator.state import DEFAULT_TIMING, Daemon, DaemonCallError, DaemonState, RunTiming
+from gadget_operator.simulator.multitenancy import (
+    MultiTenancy,
+    PolicyError,
+    PolicyScope,
+    authorize_param_values,
+    enforce_policy_scope,
+    visible,
+)
+from gadget_operator.simulator.state import (
+    DEFAULT_TIMING,
+    Daemon,
+    DaemonCallError,
+    DaemonState,
+    InstanceCheck,
+    RunTiming,
+)
 
 Context: TypeAlias = "grpc.aio.ServicerContext[Any, Any]"
 
@@ -51,23 +67,49 @@ class Faults:
     """Calls never answer (until the fault is cleared or the node stops): the client's deadline fires."""
 
 
+def _check(scope: PolicyScope | None) -> InstanceCheck | None:
+    """IG's ``authorizeGadgetInstance`` for a caller confined to ``scope`` (None: no multi-tenancy)."""
+    if scope is None:
+        return None
+    allowed = scope
+    return lambda instance: authorize_param_values(allowed, instance.params)
+
+
 class _Servicer(api_pb2_grpc.GadgetInstanceManagerServicer, api_pb2_grpc.GadgetManagerServicer):
     def __init__(self, node: SimulatedNode) -> None:
         self.node = node
 
+    async def _fail(self, context: Context, method: str, error: DaemonCallError | PolicyError) -> NoReturn:
+        """Answer a failed call: the policy's refusals with their own code (and counted), the daemon's
+        errors with UNKNOWN unless IG's error wrapped a gRPC status."""
+        if isinstance(error, PolicyError):
+            self.node.denied[method] += 1
+            await context.abort(error.code, error.message)
+        await context.abort(grpc.StatusCode[error.code], str(error))
+
     async def CreateGadgetInstance(
         self, request: api_pb2.CreateGadgetInstanceRequest, context: Context
     ) -> api_pb2.CreateGadgetInstanceResponse:
-        await self.node.before_call("CreateGadgetInstance", context)
+        method = "CreateGadgetInstance"
+        scope = await self.node.before_call(method, context)
         requested = request.gadgetInstance
         try:
+            if scope is not None:
+                # IG's branch checks the request and narrows its params before the ID and name are looked at.
+                if not request.HasField("gadgetInstance") or not requested.HasField("gadgetConfig"):
+                    raise DaemonCallError("missing gadget instance configuration")
+                params = enforce_policy_scope(scope, requested.gadgetConfig.paramValues)
+                requested = api_pb2.GadgetInstance()
+                requested.CopyFrom(request.gadgetInstance)
+                requested.gadgetConfig.paramValues.clear()
+                requested.gadgetConfig.paramValues.update(params)
             created = await self.node.state.create_instance(
                 convert.from_pb(requested), gadget_timeout=requested.gadgetConfig.timeout
             )
-        except DaemonCallError as error:
-            await context.abort(grpc.StatusCode.UNKNOWN, str(error))
-        # Both of IG's stores answer with the request itself, the server-made ID and name filled in:
-        # no state (unless the client sent one) and no creation time.
+        except (DaemonCallError, PolicyError) as error:
+            await self._fail(context, method, error)
+        # Both of IG's stores answer with the request itself (as the policy rewrote it), the server-made ID
+        # and name filled in: no state (unless the client sent one) and no creation time.
         echo = api_pb2.GadgetInstance()
         echo.CopyFrom(requested)
         echo.id, echo.name = created.id, created.name
@@ -76,43 +118,65 @@ class _Servicer(api_pb2_grpc.GadgetInstanceManagerServicer, api_pb2_grpc.GadgetM
     async def ListGadgetInstances(
         self, request: api_pb2.ListGadgetInstancesRequest, context: Context
     ) -> api_pb2.ListGadgetInstanceResponse:
-        await self.node.before_call("ListGadgetInstances", context)
+        method = "ListGadgetInstances"
+        scope = await self.node.before_call(method, context)
+        shown = None if scope is None else (lambda instance: visible(scope, instance.params))
         try:
-            instances = await self.node.state.list_instances()
+            instances = await self.node.state.list_instances(shown)
         except DaemonCallError as error:
-            await context.abort(grpc.StatusCode.UNKNOWN, str(error))
+            await self._fail(context, method, error)
         return api_pb2.ListGadgetInstanceResponse(gadgetInstances=[convert.to_pb(instance) for instance in instances])
 
     async def GetGadgetInstance(self, request: api_pb2.GadgetInstanceId, context: Context) -> api_pb2.GadgetInstance:
-        await self.node.before_call("GetGadgetInstance", context)
+        method = "GetGadgetInstance"
+        scope = await self.node.before_call(method, context)
         try:
-            return convert.to_pb(await self.node.state.get_instance(request.id))
-        except DaemonCallError as error:
-            await context.abort(grpc.StatusCode.UNKNOWN, str(error))
+            return convert.to_pb(await self.node.state.get_instance(request.id, _check(scope)))
+        except (DaemonCallError, PolicyError) as error:
+            await self._fail(context, method, error)
 
     async def RemoveGadgetInstance(self, request: api_pb2.GadgetInstanceId, context: Context) -> api_pb2.StatusResponse:
-        await self.node.before_call("RemoveGadgetInstance", context)
+        method = "RemoveGadgetInstance"
+        scope = await self.node.before_call(method, context)
         try:
-            result, message = await self.node.state.remove_instance(request.id)
-        except DaemonCallError as error:
-            await context.abort(grpc.StatusCode.UNKNOWN, str(error))
+            result, message = await self.node.state.remove_instance(request.id, _check(scope))
+        except (DaemonCallError, PolicyError) as error:
+            await self._fail(context, method, error)
         return api_pb2.StatusResponse(result=result, message=message)
 
     async def GetGadgetInfo(
         self, request: api_pb2.GetGadgetInfoRequest, context: Context
     ) -> api_pb2.GetGadgetInfoResponse:
-        await self.node.before_call("GetGadgetInfo", context)
+        method = "GetGadgetInfo"
+        scope = await self.node.before_call(method, context)
         try:
             info = await self.node.state.get_gadget_info(
-                request.imageName, dict(request.paramValues), version=request.version, flags=request.flags
+                request.imageName,
+                dict(request.paramValues),
+                version=request.version,
+                flags=request.flags,
+                check=_check(scope),  # only an instance's info is confined; an image's is for everyone
             )
-        except DaemonCallError as error:
-            await context.abort(grpc.StatusCode.UNKNOWN, str(error))
+        except (DaemonCallError, PolicyError) as error:
+            await self._fail(context, method, error)
         return api_pb2.GetGadgetInfoResponse(gadgetInfo=info)
 
     async def RunGadget(
         self, request_iterator: AsyncIterator[api_pb2.GadgetControlRequest], context: Context
     ) -> AsyncIterator[api_pb2.GadgetEvent]:
+        method = "RunGadget"
+        scope = await self.node.before_call(method, context)
+        if scope is not None:
+            # An attach is refused as IG refuses it before streaming; what is allowed then is not simulated.
+            first = await anext(aiter(request_iterator), None)
+            if first is not None and first.HasField("attachRequest"):
+                attach = first.attachRequest
+                try:
+                    if attach.version != model.PROTOCOL_VERSION:
+                        raise DaemonCallError(f"expected version to be {model.PROTOCOL_VERSION}, got {attach.version}")
+                    self.node.state.lookup_run(attach.id, _check(scope))
+                except (DaemonCallError, PolicyError) as error:
+                    await self._fail(context, method, error)
         await context.abort(grpc.StatusCode.UNIMPLEMENTED, "the simulator runs no gadgets, it only keeps instances")
         yield api_pb2.GadgetEvent()  # unreachable: makes this an async generator, as the servicer expects
 
@@ -120,14 +184,29 @@ class _Servicer(api_pb2_grpc.GadgetInstanceManagerServicer, api_pb2_grpc.GadgetM
 class SimulatedNode:
     """One node's daemon: its state, its gRPC server and its faults."""
 
-    def __init__(self, name: str, address: str, state: Daemon, *, tls: ServerTLS | None = None) -> None:
+    def __init__(
+        self,
+        name: str,
+        address: str,
+        state: Daemon,
+        *,
+        tls: ServerTLS | None = None,
+        multi_tenancy: MultiTenancy | None = None,
+    ) -> None:
         self.name = name
         self.address = address
         self.state = state
         """The daemon behind the socket: ``DaemonState`` (per-node store) or ``SharedStoreDaemon``."""
         self.tls = tls
+        self.multi_tenancy = multi_tenancy
+        """IG's multi-tenancy, if on: every call authenticates, then is confined to the caller's namespaces."""
         self.faults = Faults()
         self.calls: collections.Counter[str] = collections.Counter()
+        self.refused: collections.Counter[str] = collections.Counter()
+        """Calls that multi-tenancy failed to authenticate (UNAUTHENTICATED, or UNAVAILABLE when the API
+        server failed a review), by method; they count in ``calls`` too."""
+        self.denied: collections.Counter[str] = collections.Counter()
+        """Authenticated calls the namespace policy refused (PERMISSION_DENIED, INVALID_ARGUMENT), by method."""
         self._server: grpc.aio.Server | None = None
         self._released = asyncio.Event()
 
@@ -193,22 +272,35 @@ class SimulatedNode:
         self._released.set()
         self._released = asyncio.Event()
 
-    async def before_call(self, method: str, context: Context) -> None:
+    async def before_call(self, method: str, context: Context) -> PolicyScope | None:
+        """What every call goes through first: the faults, and multi-tenancy's authentication (IG's server
+        interceptor, so before the daemon's own errors). Returns the caller's namespaces, None without
+        multi-tenancy."""
         self.calls[method] += 1
         faults = self.faults
         if faults.latency:
             await asyncio.sleep(faults.latency)
         if faults.hang:
             await self._released.wait()
+        scope = None
+        if self.multi_tenancy is not None:
+            try:
+                scope = await self.multi_tenancy.authenticate(context.invocation_metadata() or ())
+            except PolicyError as error:
+                self.refused[method] += 1
+                await context.abort(error.code, error.message)
         if faults.fail_with is not None and (faults.fail_only is None or method in faults.fail_only):
             await context.abort(grpc.StatusCode.UNKNOWN, faults.fail_with)
+        return scope
 
 
 class Fleet:
     """Many simulated nodes in one process, each on its own socket.
 
     Per-node stores (``ig daemon``) by default, under ``directory/store/<node>`` unless ``stored`` is
-    False; with ``shared_store`` every node is a pod of IG's DaemonSet on that ConfigMap store."""
+    False; with ``shared_store`` every node is a pod of IG's DaemonSet on that ConfigMap store. With
+    ``multi_tenancy`` every node runs IG's multitenancy branch (only IG's DaemonSet has it; the per-node
+    store takes it too); its Kubernetes client defaults to the shared store's."""
 
     def __init__(
         self,
@@ -220,9 +312,14 @@ class Fleet:
         tls: ServerTLS | None = None,
         timing: RunTiming = DEFAULT_TIMING,
         shared_store: ConfigMapStore | None = None,
+        multi_tenancy: MultiTenancy | None = None,
     ) -> None:
         if transport not in ("unix", "tcp"):
             raise ValueError(f"transport must be unix or tcp, not {transport!r}")
+        if multi_tenancy is not None and multi_tenancy.api is None:
+            if shared_store is None:
+                raise ValueError("multi-tenancy enabled but no Kubernetes client provided")
+            multi_tenancy.api = shared_store.api
         self.directory = directory
         self.transport = transport
         self.stored = stored
@@ -230,6 +327,7 @@ class Fleet:
         self.tls = tls
         self.timing = timing
         self.shared_store = shared_store
+        self.multi_tenancy = multi_tenancy
         self.nodes: dict[str, SimulatedNode] = {}
 
     def __getitem__(self, name: str) -> SimulatedNode:
@@ -250,8 +348,9 @@ class Fleet:
                 unknown_images=self.unknown_images,
                 timing=self.timing,
             )
+        state.manager.multi_tenancy = self.multi_tenancy is not None  # before start() resumes stored runs
         await state.start()
-        node = SimulatedNode(name, address, state, tls=self.tls)
+        node = SimulatedNode(name, address, state, tls=self.tls, multi_tenancy=self.multi_tenancy)
         self.nodes[name] = node
         await node.start()
         return node

@@ -19,7 +19,7 @@ import contextlib
 import json
 import re
 import secrets
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -36,10 +36,24 @@ GADGET_INFO_USE_INSTANCE = 1
 IG_GADGET_DIR = "/var/lib/ig/gadgets"
 """Where ``ig daemon`` keeps its instance files; its error messages name this path."""
 KUBE_MANAGER_PREFIX = "operator.KubeManager."
+POLICY_SCOPE_PARAM = KUBE_MANAGER_PREFIX + "multi-tenancy-policy"
+"""Set on the stored params of every instance created under IG's multi-tenancy (``simulator.multitenancy``)."""
+NO_ISOLATION = "gadget does not support Kubernetes namespace isolation"
 
 
 class DaemonCallError(Exception):
-    """A failed call, as the real daemon reports it: gRPC code UNKNOWN with a text message."""
+    """A failed call, as the real daemon reports it: gRPC code UNKNOWN with a text message.
+
+    ``code`` (a ``grpc.StatusCode`` name) differs only where IG wraps a gRPC status error, whose code
+    grpc-go keeps when it unwraps it, e.g. PERMISSION_DENIED for a gadget it cannot isolate."""
+
+    def __init__(self, message: str, *, code: str = "UNKNOWN") -> None:
+        super().__init__(message)
+        self.code = code
+
+
+InstanceCheck = Callable[[model.GadgetInstance], None]
+"""Raises to refuse the caller a stored instance (IG's ``authorizeGadgetInstance`` under multi-tenancy)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,8 +139,7 @@ always trace the whole node (e.g. profile_blockio, a block I/O latency histogram
 def gadget_params(image: str) -> list[api_pb2.Param]:
     """The params a gadget lists: KubeManager's if it filters by container, and the filter operator's."""
     filter_param = api_pb2.Param(key="filter", prefix="operator.filter.", description="Filter expression", alias="F")
-    name = full_image_name(image).rsplit("/", 1)[-1].split(":")[0].split("@")[0]
-    if name in WITHOUT_CONTAINER_FILTER:
+    if _gadget_name(image) in WITHOUT_CONTAINER_FILTER:
         return [filter_param]
     params = [
         api_pb2.Param(
@@ -142,6 +155,19 @@ def gadget_params(image: str) -> list[api_pb2.Param]:
     ]
     params.append(filter_param)
     return params
+
+
+def _gadget_name(image: str) -> str:
+    return full_image_name(image).rsplit("/", 1)[-1].split(":")[0].split("@")[0]
+
+
+def isolation_error(image: str, params: Mapping[str, str]) -> str | None:
+    """IG's multitenancy branch: a gadget the KubeManager does not activate for (no container filter) is
+    refused, instead of running unfiltered, when its params ask for the policy, as every instance created
+    under multi-tenancy has stored. Its run fails with this; so does a dry run with those params."""
+    if _gadget_name(image) in WITHOUT_CONTAINER_FILTER and params.get(POLICY_SCOPE_PARAM, "").lower() == "true":
+        return f'instantiating operator "KubeManager": rpc error: code = PermissionDenied desc = {NO_ISOLATION}'
+    return None
 
 
 def preparing_error(image: str, params: Mapping[str, str], unknown_images: frozenset[str]) -> str | None:
@@ -203,6 +229,8 @@ class LocalManager:
         self.node = node
         self.timing = timing
         self.unknown_images = frozenset(full_image_name(image) for image in unknown_images)
+        self.multi_tenancy = False
+        """IG's multitenancy branch: its KubeManager honours ``multi-tenancy-policy`` (``isolation_error``)."""
         self._runs: dict[str, LocalRun] = {}
 
     def run(self, instance: model.GadgetInstance) -> LocalRun:
@@ -233,10 +261,20 @@ class LocalManager:
         run.status = model.InstanceStatus.RUNNING  # IG sets it just before pulling
         return True
 
-    def _initialize(self, run: LocalRun) -> None:
-        problem = preparing_error(run.instance.image, run.instance.params, self.unknown_images)
+    def _problem(self, image: str, params: Mapping[str, str]) -> tuple[str, str] | None:
+        """Why preparing the gadget's operators fails, with the gRPC code the error keeps; None if it does not.
+        The KubeManager's params are validated before it is instantiated, so that refusal comes last."""
+        problem = preparing_error(image, params, self.unknown_images)
         if problem is not None:
-            self._fail(run, f"initializing and preparing operators: {problem}")
+            return problem, "UNKNOWN"
+        if self.multi_tenancy and (problem := isolation_error(image, params)) is not None:
+            return problem, "PERMISSION_DENIED"
+        return None
+
+    def _initialize(self, run: LocalRun) -> None:
+        problem = self._problem(run.instance.image, run.instance.params)
+        if problem is not None:
+            self._fail(run, f"initializing and preparing operators: {problem[0]}")
             return
         instance = run.instance
         run.info = api_pb2.GadgetInfo(
@@ -300,9 +338,10 @@ class LocalManager:
         """GetGadgetInfo without flags: pull and prepare, start nothing."""
         if self.timing.init_delay > 0:
             await asyncio.sleep(self.timing.init_delay)
-        problem = preparing_error(image, params, self.unknown_images)
+        problem = self._problem(image, params)
         if problem is not None:
-            raise DaemonCallError(f"getting gadget info: initializing and preparing operators: {problem}")
+            message, code = problem
+            raise DaemonCallError(f"getting gadget info: initializing and preparing operators: {message}", code=code)
         return api_pb2.GadgetInfo(imageName=image, params=gadget_params(image))
 
     async def stop_all(self) -> None:
@@ -705,41 +744,72 @@ class Daemon:
     def unknown_images(self) -> frozenset[str]:
         return self.manager.unknown_images
 
-    # The four store calls, as the servicer makes them.
+    # The four store calls, as the servicer makes them. ``visible`` and ``check`` are IG's multi-tenancy
+    # policy: List skips what the caller may not see before it asks for states (so an instance it may not
+    # see cannot break its List), Get and Remove refuse it (Remove then looks the instance up first).
     async def create_instance(
         self, requested: model.GadgetInstance, *, gadget_timeout: int = 0
     ) -> model.GadgetInstance:
         raise NotImplementedError
 
-    async def list_instances(self) -> list[model.GadgetInstance]:
-        return self.list()
+    async def list_instances(
+        self, visible: Callable[[model.GadgetInstance], bool] | None = None
+    ) -> list[model.GadgetInstance]:
+        return self.list(visible)
 
-    async def get_instance(self, instance_id: str) -> model.GadgetInstance:
+    async def get_instance(self, instance_id: str, check: InstanceCheck | None = None) -> model.GadgetInstance:
+        check_instance_id(instance_id)
+        instance = self.load_stored(instance_id)
+        if check is not None:
+            check(instance)
+        return self.with_state(instance)
+
+    async def remove_instance(self, instance_id: str, check: InstanceCheck | None = None) -> tuple[int, str]:
+        check_instance_id(instance_id)
+        if check is not None:
+            check(self.load_stored(instance_id))
+        return await self.remove_stored(instance_id)
+
+    def stored_instances(self) -> list[model.GadgetInstance]:
+        """What the store holds, in its order, without state."""
         raise NotImplementedError
 
-    async def remove_instance(self, instance_id: str) -> tuple[int, str]:
+    def load_stored(self, instance_id: str) -> model.GadgetInstance:
+        """One stored instance, without state; raises with IG's ``getting gadget instance from store`` error."""
         raise NotImplementedError
 
-    def list(self) -> list[model.GadgetInstance]:
+    async def remove_stored(self, instance_id: str) -> tuple[int, str]:
+        """The store's RemoveGadgetInstance (the ID is valid)."""
+        raise NotImplementedError
+
+    def list(self, visible: Callable[[model.GadgetInstance], bool] | None = None) -> list[model.GadgetInstance]:
         """ListGadgetInstances: what the store holds, each with its state from the local manager."""
-        raise NotImplementedError
+        return [self.with_state(i) for i in self.stored_instances() if visible is None or visible(i)]
 
     def with_state(self, instance: model.GadgetInstance) -> model.GadgetInstance:
         status, message = self.manager.state(instance.id)
         return replace(instance, status=status, message=message)
 
     async def get_gadget_info(
-        self, image: str, params: Mapping[str, str], *, version: int, flags: int = 0
+        self, image: str, params: Mapping[str, str], *, version: int, flags: int = 0, check: InstanceCheck | None = None
     ) -> api_pb2.GadgetInfo:
-        """IG's ``Service.GetGadgetInfo``: a dry run, or (flag 1) the info of a run of this daemon."""
+        """IG's ``Service.GetGadgetInfo``: a dry run, or (flag 1) the info of a run of this daemon, which
+        ``check`` may refuse the caller by the params it runs with."""
         if version != model.PROTOCOL_VERSION:
             raise DaemonCallError(f"expected version to be {model.PROTOCOL_VERSION}, got {version}")
         if flags & GADGET_INFO_USE_INSTANCE:
-            run = self.manager.lookup(image)
-            if run is None:
-                raise DaemonCallError(f"instance {image} not found")
+            run = self.lookup_run(image, check)
             return await run.gadget_info()
         return await self.manager.dry_run(image, params)
+
+    def lookup_run(self, key: str, check: InstanceCheck | None = None) -> LocalRun:
+        """The run an attach or GetGadgetInfo names (ID, name or ID prefix), if ``check`` lets the caller see it."""
+        run = self.manager.lookup(key)
+        if run is None:
+            raise DaemonCallError(f"instance {key} not found")
+        if check is not None:
+            check(run.instance)
+        return run
 
     def running(self) -> dict[str, model.GadgetInstance]:
         return self.manager.running()
@@ -816,15 +886,18 @@ class DaemonState(Daemon):
         self.manager.run(stored)
         return created
 
-    def list(self) -> list[model.GadgetInstance]:
-        return [self.with_state(instance) for _, instance in sorted(self.stored.items())]
+    def stored_instances(self) -> list[model.GadgetInstance]:
+        return [instance for _, instance in sorted(self.stored.items())]
 
-    def get(self, instance_id: str) -> model.GadgetInstance:
-        check_instance_id(instance_id)
+    def load_stored(self, instance_id: str) -> model.GadgetInstance:
         instance = self.stored.get(instance_id)
         if instance is None:
             raise DaemonCallError(f"getting gadget instance from store: loading gadget: {self._not_found(instance_id)}")
-        return self.with_state(instance)
+        return instance
+
+    def get(self, instance_id: str) -> model.GadgetInstance:
+        check_instance_id(instance_id)
+        return self.with_state(self.load_stored(instance_id))
 
     def remove(self, instance_id: str) -> tuple[int, str]:
         """Answer like the real RemoveGadgetInstance: OK with result 1 for an unknown ID."""
@@ -843,10 +916,7 @@ class DaemonState(Daemon):
     ) -> model.GadgetInstance:
         return self.create(requested)
 
-    async def get_instance(self, instance_id: str) -> model.GadgetInstance:
-        return self.get(instance_id)
-
-    async def remove_instance(self, instance_id: str) -> tuple[int, str]:
+    async def remove_stored(self, instance_id: str) -> tuple[int, str]:
         return self.remove(instance_id)
 
     async def start(self) -> None:

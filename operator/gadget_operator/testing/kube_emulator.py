@@ -14,6 +14,14 @@ Known simplifications (a real server does more): no server-side apply, no dryRun
 strategic merge patch is a plain merge patch, no conversion between CRD versions, no CEL rules, no
 garbage collection or propagationPolicy, pods and namespaces are deleted at once (no kubelet grace
 period, no namespace finalization), core and events.k8s.io Events are stored apart.
+
+Authentication and authorization APIs are served as the API server answers them, for the daemons that
+authenticate their own callers (IG's multi-tenancy): TokenRequest (``serviceaccounts/<name>/token``),
+TokenReview and SubjectAccessReview, the latter evaluated with RBAC over the stored Roles, ClusterRoles
+and their bindings. Tokens are opaque random strings (a real server issues signed JWTs) that only this
+emulator can review. Not modelled: tokens bound to objects, ClusterRole aggregation (a controller fills
+in the aggregated rules on a real cluster), RBAC escalation checks, the default ServiceAccount of a
+namespace, and authentication of the emulator's own clients (``deny`` stands in for their RBAC).
 """
 
 from __future__ import annotations
@@ -27,7 +35,9 @@ import logging
 import math
 import random
 import re
+import secrets
 import threading
+import time
 import uuid
 from collections import deque
 from collections.abc import Callable, Coroutine, Mapping
@@ -51,6 +61,17 @@ MERGE_PATCH = "application/merge-patch+json"
 JSON_PATCH = "application/json-patch+json"
 STRATEGIC_PATCH = "application/strategic-merge-patch+json"
 CRD_GROUP = "apiextensions.k8s.io"
+RBAC_GROUP = "rbac.authorization.k8s.io"
+AUTHENTICATION_GROUP = "authentication.k8s.io"
+AUTHORIZATION_GROUP = "authorization.k8s.io"
+API_AUDIENCES = ("https://kubernetes.default.svc",)
+"""The API server's own audiences (``--api-audiences``): a TokenRequest or TokenReview without audiences gets these."""
+TOKEN_LEEWAY = 60.0
+"""Seconds a token is still accepted after its expiry (go-jose's ``jwt.DefaultLeeway``, as the API server checks it)."""
+MIN_TOKEN_SECONDS = 10 * 60  # the API server's ``MinTokenAgeSec``
+DEFAULT_TOKEN_SECONDS = 60 * 60  # TokenRequestSpec.expirationSeconds' default in authentication.k8s.io/v1
+SYSTEM_MASTERS = "system:masters"
+"""The group the API server allows everything before RBAC is asked (its privileged-group authorizer)."""
 _TOP = ("apiVersion", "kind", "metadata")
 _NAME_RE = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
 _LABEL_TERM_RE = re.compile(
@@ -133,6 +154,9 @@ class ResourceType:
     categories: tuple[str, ...] = ()
     fields: Mapping[str, str] = field(default_factory=dict)  # extra field-selector labels -> value when missing
     schema: JSON | None = None  # a CRD version's openAPIV3Schema: pruning, defaulting, validation
+    create_only: bool = False  # a review (TokenReview, SubjectAccessReview): answered on create, never stored
+    create_subresources: tuple[str, ...] = ()  # subresources that only take a POST (serviceaccounts/token)
+    path_segment_names: bool = False  # RBAC objects: any name that is a valid path segment (system:auth-delegator)
 
     @property
     def api_version(self) -> str:
@@ -147,10 +171,45 @@ class ResourceType:
 
     def invalid(self, name: str, causes: list[tuple[str, str]]) -> ApiError:
         """422 Invalid with field causes, worded like the real server (``Kind.group "name" is invalid: ...``)."""
-        group_kind = f"{self.kind}.{self.group}" if self.group else self.kind
-        message = f'{group_kind} "{name}" is invalid: ' + ", ".join(f"{f}: {m}" for f, m in causes)
-        causes_doc = [{"reason": "FieldValueInvalid", "message": m, "field": f} for f, m in causes]
-        return ApiError(422, "Invalid", message, self.details(name, self.kind) | {"causes": causes_doc})
+        return _invalid(self.group, self.kind, name, causes)
+
+
+def _aggregate(messages: list[str]) -> str:
+    """apimachinery's ``utilerrors.NewAggregate(...).Error()``: one message as is, several deduplicated in brackets."""
+    unique = list(dict.fromkeys(messages))
+    return unique[0] if len(unique) == 1 else "[" + ", ".join(unique) + "]"
+
+
+def _invalid(group: str, kind: str, name: str, causes: list[tuple[str, str]]) -> ApiError:
+    """``apierrors.NewInvalid``: ``Kind.group "name" is invalid: <field: message, aggregated>``."""
+    group_kind = f"{kind}.{group}" if group else kind
+    message = f'{group_kind} "{name}" is invalid: ' + _aggregate([f"{f}: {m}" for f, m in causes])
+    causes_doc = [{"reason": "FieldValueInvalid", "message": m, "field": f} for f, m in causes]
+    details: JSON = ({"name": name} if name else {}) | ({"group": group} if group else {}) | {"kind": kind}
+    return ApiError(422, "Invalid", message, details | {"causes": causes_doc})
+
+
+def _forbidden(
+    user: str, verb: str, group: str, plural: str, sub: str | None, namespace: str | None, name: str
+) -> ApiError:
+    """The API server's 403 for a request its authorizer refused (``responsewriters.Forbidden``)."""
+    resource = f"{plural}/{sub}" if sub else plural
+    scope = f' in the namespace "{namespace}"' if namespace else " at the cluster scope"
+    reason = f'User "{user}" cannot {verb} resource "{resource}" in API group "{group}"{scope}'
+    qualified = f"{plural}.{group}" if group else plural
+    message = f"{qualified}{f' {_go_quote(name)}' if name else ''} is forbidden: {reason}"
+    details: JSON = {"name": name} | ({"group": group} if group else {}) | {"kind": plural}
+    return ApiError(403, "Forbidden", message, details)
+
+
+def _go_quote(value: str) -> str:
+    """Go's ``%q`` for the (printable) strings the API server quotes."""
+    return json.dumps(value, ensure_ascii=False)
+
+
+def _go_quote_list(values: list[str]) -> str:
+    """Go's ``%q`` of a ``[]string``: ``["a" "b"]``."""
+    return "[" + " ".join(_go_quote(v) for v in values) + "]"
 
 
 def _builtin_types() -> list[ResourceType]:
@@ -168,6 +227,18 @@ def _builtin_types() -> list[ResourceType]:
                      short_names=("ev",), fields=_EVENT_FIELDS),
         ResourceType(core, "v1", "configmaps", "configmap", "ConfigMap", namespaced, short_names=("cm",)),
         ResourceType(core, "v1", "secrets", "secret", "Secret", namespaced, fields={"type": ""}),
+        ResourceType(core, "v1", "serviceaccounts", "serviceaccount", "ServiceAccount", namespaced,
+                     short_names=("sa",), create_subresources=("token",)),
+        ResourceType(RBAC_GROUP, "v1", "roles", "role", "Role", namespaced, path_segment_names=True),
+        ResourceType(RBAC_GROUP, "v1", "rolebindings", "rolebinding", "RoleBinding", namespaced,
+                     path_segment_names=True),
+        ResourceType(RBAC_GROUP, "v1", "clusterroles", "clusterrole", "ClusterRole", False, path_segment_names=True),
+        ResourceType(RBAC_GROUP, "v1", "clusterrolebindings", "clusterrolebinding", "ClusterRoleBinding", False,
+                     path_segment_names=True),
+        ResourceType(AUTHENTICATION_GROUP, "v1", "tokenreviews", "tokenreview", "TokenReview", False,
+                     create_only=True),
+        ResourceType(AUTHORIZATION_GROUP, "v1", "subjectaccessreviews", "subjectaccessreview", "SubjectAccessReview",
+                     False, create_only=True),
         ResourceType("events.k8s.io", "v1", "events", "event", "Event", namespaced, create_on_update=True,
                      short_names=("ev",)),
         ResourceType("coordination.k8s.io", "v1", "leases", "lease", "Lease", namespaced, create_on_update=True),
@@ -400,6 +471,166 @@ def _apply_schema(schema: Mapping[str, Any], value: Any, path: FieldPath, errors
     return result
 
 
+# -- authentication and RBAC, as the API server's authenticators and authorizer decide ---------------------
+
+
+@dataclass(frozen=True, slots=True)
+class _IssuedToken:
+    """What the emulator remembers of a token it issued: the token itself is random and carries nothing."""
+
+    namespace: str
+    name: str
+    uid: str
+    audiences: tuple[str, ...]
+    expires: float  # seconds since the epoch
+    jti: str
+
+    @property
+    def username(self) -> str:
+        return f"system:serviceaccount:{self.namespace}:{self.name}"
+
+
+def _timestamp(seconds: float) -> str:
+    return datetime.fromtimestamp(seconds, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _rule_allows(rule: Mapping[str, Any], attributes: Mapping[str, str]) -> bool:
+    """RBAC's ``RuleAllows``: verbs, then API groups, resources (``*``, ``res/sub``, ``*/sub``) and names,
+    or non-resource URLs (exact, ``*``, or a ``prefix*``) for a request without a resource."""
+    verbs = rule.get("verbs") or []
+    if "*" not in verbs and attributes["verb"] not in verbs:
+        return False
+    if "path" in attributes:
+        path = attributes["path"]
+        urls = rule.get("nonResourceURLs") or []
+        return any(u == "*" or u == path or (u.endswith("*") and path.startswith(u.rstrip("*"))) for u in urls)
+    groups = rule.get("apiGroups") or []
+    if "*" not in groups and attributes["group"] not in groups:
+        return False
+    sub = attributes["subresource"]
+    combined = f"{attributes['resource']}/{sub}" if sub else attributes["resource"]
+    if not any(r in ("*", combined) or (sub and r == f"*/{sub}") for r in rule.get("resources") or []):
+        return False
+    names = rule.get("resourceNames") or []
+    return not names or attributes["name"] in names
+
+
+def _subject_applies(subject: Mapping[str, Any], user: str, groups: list[str], namespace: str) -> bool:
+    """RBAC's ``appliesToUser``: a ServiceAccount subject without a namespace is the binding's own."""
+    kind, name = subject.get("kind"), str(subject.get("name", ""))
+    if kind == "User":
+        return user == name
+    if kind == "Group":
+        return name in groups
+    if kind == "ServiceAccount":
+        account_namespace = subject.get("namespace") or namespace
+        return bool(account_namespace) and user == f"system:serviceaccount:{account_namespace}:{name}"
+    return False
+
+
+def _describe_binding(binding: Mapping[str, Any], subject: Mapping[str, Any]) -> str:
+    """How RBAC names the binding that allowed a request, in its ``reason``."""
+    meta, ref = binding["metadata"], binding.get("roleRef") or {}
+    namespace = meta.get("namespace") or ""
+    kind = "RoleBinding" if namespace else "ClusterRoleBinding"
+    name = f"{meta['name']}/{namespace}" if namespace else meta["name"]
+    who = subject.get("name", "")
+    if subject.get("kind") == "ServiceAccount":
+        who = f"{who}/{subject.get('namespace') or namespace}"
+    target = f"{subject.get('kind')} {_go_quote(who)}"
+    return f"{kind} {_go_quote(name)} of {ref.get('kind')} {_go_quote(ref.get('name', ''))} to {target}"
+
+
+def _path_segment_problem(name: str) -> str | None:
+    """``path.IsValidPathSegmentName``, the only rule for RBAC object names."""
+    if name in (".", ".."):
+        return f"may not be '{name}'"
+    for char in "/%":
+        if char in name:
+            return f"may not contain '{char}'"
+    return None
+
+
+def _unsupported(value: str, supported: tuple[str, ...]) -> str:
+    """``field.NotSupported``'s wording."""
+    return f"Unsupported value: {_go_quote(value)}: supported values: " + ", ".join(_go_quote(v) for v in supported)
+
+
+def _compact(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":"))
+
+
+def _rule_problems(kind: str, where: str, rule: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """``ValidatePolicyRule``: verbs; non-resource URLs only in ClusterRoles and alone; else groups and resources."""
+    problems: list[tuple[str, str]] = []
+    if not rule.get("verbs"):
+        problems.append((f"{where}.verbs", "Required value: verbs must contain at least one value"))
+    if urls := rule.get("nonResourceURLs"):
+        shown = f"Invalid value: {_compact(urls)}"
+        if kind == "Role":
+            problems.append(
+                (f"{where}.nonResourceURLs", f"{shown}: namespaced rules cannot apply to non-resource URLs")
+            )
+        if rule.get("apiGroups") or rule.get("resources") or rule.get("resourceNames"):
+            reason = "rules cannot apply to both regular resources and non-resource URLs"
+            problems.append((f"{where}.nonResourceURLs", f"{shown}: {reason}"))
+        return problems
+    if not rule.get("apiGroups"):
+        problems.append((f"{where}.apiGroups", "Required value: resource rules must supply at least one api group"))
+    if not rule.get("resources"):
+        problems.append((f"{where}.resources", "Required value: resource rules must supply at least one resource"))
+    return problems
+
+
+def _subject_problems(kind: str, where: str, subject: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """``ValidateRoleBindingSubject``: a ClusterRoleBinding must name a ServiceAccount's namespace."""
+    problems: list[tuple[str, str]] = []
+    subject_kind, group = subject.get("kind", ""), subject.get("apiGroup", "")
+    if not subject.get("name"):
+        problems.append((f"{where}.name", "Required value"))
+    if subject_kind == "ServiceAccount":
+        if group:
+            problems.append((f"{where}.apiGroup", _unsupported(group, ("",))))
+        if kind == "ClusterRoleBinding" and not subject.get("namespace"):
+            problems.append((f"{where}.namespace", "Required value"))
+    elif subject_kind in ("User", "Group"):
+        if group != RBAC_GROUP:
+            problems.append((f"{where}.apiGroup", _unsupported(group, (RBAC_GROUP,))))
+    else:
+        problems.append((f"{where}.kind", _unsupported(subject_kind, ("ServiceAccount", "User", "Group"))))
+    return problems
+
+
+def _rbac_problems(kind: str, obj: Mapping[str, Any], old: Mapping[str, Any] | None) -> list[tuple[str, str]]:
+    """The RBAC API's validation (``pkg/apis/rbac/validation``) of a Role, ClusterRole or binding."""
+    problems: list[tuple[str, str]] = []
+    if kind in ("Role", "ClusterRole"):
+        for i, rule in enumerate(obj.get("rules") or []):
+            problems += _rule_problems(kind, f"rules[{i}]", rule)
+        aggregation = obj.get("aggregationRule")
+        if kind == "ClusterRole" and aggregation is not None and not aggregation.get("clusterRoleSelectors"):
+            reason = "Required value: at least one clusterRoleSelector required if aggregationRule is non-nil"
+            problems.append(("aggregationRule.clusterRoleSelectors", reason))
+        return problems
+    ref = obj.get("roleRef") or {}
+    if ref.get("apiGroup", "") != RBAC_GROUP:
+        problems.append(("roleRef.apiGroup", _unsupported(ref.get("apiGroup", ""), (RBAC_GROUP,))))
+    kinds = ("Role", "ClusterRole") if kind == "RoleBinding" else ("ClusterRole",)
+    if ref.get("kind", "") not in kinds:
+        problems.append(("roleRef.kind", _unsupported(ref.get("kind", ""), kinds)))
+    if not ref.get("name"):
+        problems.append(("roleRef.name", "Required value"))
+    for i, subject in enumerate(obj.get("subjects") or []):
+        problems += _subject_problems(kind, f"subjects[{i}]", subject)
+    if old is not None and old.get("roleRef") != obj.get("roleRef"):
+        # The internal RoleRef has no JSON tags: the server shows its Go field names.
+        shown = _compact(
+            {"APIGroup": ref.get("apiGroup", ""), "Kind": ref.get("kind", ""), "Name": ref.get("name", "")}
+        )
+        problems.append(("roleRef", f"Invalid value: {shown}: cannot change roleRef"))
+    return problems
+
+
 PORT_ANNOTATION_PREFIX = "kube-emulator.gadget-operator.io/port-"
 """Pod annotation naming where the emulator's port-forward reaches a pod's port (it has no pod network)."""
 _PORTFORWARD_PATH = re.compile(r"/api/v1/namespaces/(?P<namespace>[^/]+)/pods/(?P<pod>[^/]+)/portforward")
@@ -424,6 +655,10 @@ class KubeEmulator:
         self._denied: set[tuple[str, str, str | None]] = set()  # (verb, resource, subresource)
         self.portforwards_open = 0  # port-forward streams open now, and the most ever open at once
         self.portforwards_peak = 0
+        self.api_audiences: tuple[str, ...] = API_AUDIENCES
+        self.clock: Callable[[], float] = time.time
+        """Now, in seconds since the epoch, for tokens' lifetimes: a test moves it on instead of waiting."""
+        self._tokens: dict[str, _IssuedToken] = {}
         for rt in _builtin_types():
             self.add_resource_type(rt)
         for namespace in ("default", "kube-system", "kube-public", "kube-node-lease"):
@@ -602,6 +837,8 @@ class KubeEmulator:
                 raise rt.invalid(
                     name, [("involvedObject.namespace", f'Invalid value: "{involved}": does not match event.namespace')]
                 )
+        if rt.group == RBAC_GROUP and (problems := _rbac_problems(rt.kind, obj, old)):
+            raise rt.invalid(name, problems)
         if rt.group == CRD_GROUP:
             spec = obj.get("spec") or {}
             names = spec.get("names") or {}
@@ -658,7 +895,10 @@ class KubeEmulator:
                 meta["name"] = meta["generateName"] + "".join(random.choices("bcdfghjklmnpqrstvwxz2456789", k=5))
         name = meta["name"]
         dns_label = rt.plural == "namespaces"  # namespace names are DNS labels, the others DNS subdomains
-        if not _NAME_RE.match(name) or len(name) > (63 if dns_label else 253) or (dns_label and "." in name):
+        if rt.path_segment_names:
+            if (problem := _path_segment_problem(name)) is not None:
+                raise rt.invalid(name, [("metadata.name", f"Invalid value: {_go_quote(name)}: {problem}")])
+        elif not _NAME_RE.match(name) or len(name) > (63 if dns_label else 253) or (dns_label and "." in name):
             reason = "a lowercase RFC 1123 name must consist of lower case alphanumeric characters, '-' or '.'"
             raise rt.invalid(name, [("metadata.name", f'Invalid value: "{name}": {reason}')])
         if (namespace or "", name) in self._bucket(rt):
@@ -746,6 +986,191 @@ class KubeEmulator:
             new["metadata"]["generation"] += 1
         return self._store(rt, "MODIFIED", new, old)
 
+    # -- authentication and authorization ----------------------------------------------------------
+
+    def issue_token(
+        self,
+        namespace: str,
+        name: str,
+        audiences: tuple[str, ...] = (),
+        expiration_seconds: int = DEFAULT_TOKEN_SECONDS,
+    ) -> str:
+        """A token of ServiceAccount ``namespace/name``, as a TokenRequest through the API would give."""
+        spec: JSON = {"expirationSeconds": expiration_seconds} | ({"audiences": list(audiences)} if audiences else {})
+        return str(self._token_request(namespace, name, {"spec": spec})["status"]["token"])
+
+    def review_token(self, token: str, audiences: tuple[str, ...] = ()) -> JSON:
+        """A TokenReview's status for ``token``, as the API server's authenticators decide it."""
+        requested = list(audiences or self.api_audiences)
+        issued = self._tokens.get(token)
+        if issued is None:
+            # Not a token any authenticator recognizes: the bearer-token authenticator's own error.
+            return {"user": {}, "error": "invalid bearer token"}
+        chosen = [a for a in requested if a in issued.audiences]  # authenticator.Audiences.Intersect
+        if not chosen:
+            invalid = f"{_go_quote_list(list(issued.audiences))} is invalid for the target audiences"
+            return {"user": {}, "error": f"token audiences {invalid} {_go_quote_list(requested)}"}
+        now = self.clock()
+        if now - TOKEN_LEEWAY > issued.expires:
+            return {"user": {}, "error": "service account token has expired"}
+        rt = self._type_at("v1", "serviceaccounts")
+        account = self._bucket(rt).get((issued.namespace, issued.name))
+        if account is None:
+            return {"user": {}, "error": f'serviceaccounts "{issued.name}" not found'}
+        meta = account["metadata"]
+        if meta["uid"] != issued.uid:
+            return {"user": {}, "error": f"service account UID ({meta['uid']}) does not match claim ({issued.uid})"}
+        deleted = meta.get("deletionTimestamp")
+        if deleted and datetime.fromisoformat(deleted.replace("Z", "+00:00")).timestamp() < now - TOKEN_LEEWAY:
+            return {"user": {}, "error": f"service account {issued.namespace}/{issued.name} has been deleted"}
+        groups = ["system:serviceaccounts", f"system:serviceaccounts:{issued.namespace}", "system:authenticated"]
+        extra = {"authentication.kubernetes.io/credential-id": [f"JTI={issued.jti}"]}
+        user = {"username": issued.username, "uid": issued.uid, "groups": groups, "extra": extra}
+        return {"authenticated": True, "user": user, "audiences": chosen}
+
+    def access_allowed(self, user: str, groups: list[str], attributes: Mapping[str, str]) -> tuple[bool, str]:
+        """The authorizer's decision and reason for ``attributes`` (``verb``, ``namespace``, ``group``,
+        ``resource``, ``subresource``, ``name``; or ``verb`` and ``path``): system:masters, then RBAC."""
+        if SYSTEM_MASTERS in groups:
+            return True, ""
+        namespace = attributes.get("namespace", "")
+        errors: list[str] = []
+        role_bindings = self._bucket(self._type_at(f"{RBAC_GROUP}/v1", "clusterrolebindings"))
+        bindings = [b for _, b in sorted(role_bindings.items())]
+        if namespace:
+            role_bindings = self._bucket(self._type_at(f"{RBAC_GROUP}/v1", "rolebindings"))
+            bindings += [b for (ns, _), b in sorted(role_bindings.items()) if ns == namespace]
+        for binding in bindings:  # the cluster's bindings first, as RBAC visits them
+            binding_namespace = binding["metadata"].get("namespace") or ""
+            subjects = binding.get("subjects") or []
+            subject = next((s for s in subjects if _subject_applies(s, user, groups, binding_namespace)), None)
+            if subject is None:
+                continue
+            rules, error = self._role_rules(binding.get("roleRef") or {}, binding_namespace)
+            if error:
+                errors.append(error)
+            elif any(_rule_allows(rule, attributes) for rule in rules):
+                return True, f"RBAC: allowed by {_describe_binding(binding, subject)}"
+        # RBAC has no opinion; a missing role is the only thing it says why.
+        return False, f"RBAC: {_aggregate(errors)}" if errors else ""
+
+    def _role_rules(self, ref: Mapping[str, Any], namespace: str) -> tuple[list[JSON], str]:
+        """A binding's rules, or the error its role lister gives (singular resource names, as listers word them)."""
+        kind, name = ref.get("kind"), ref.get("name", "")
+        if kind not in ("Role", "ClusterRole"):
+            return [], f"unsupported role reference kind: {_go_quote(str(kind))}"
+        plural = "roles" if kind == "Role" else "clusterroles"
+        role = self._bucket(self._type_at(f"{RBAC_GROUP}/v1", plural)).get((namespace if kind == "Role" else "", name))
+        if role is None:
+            return [], f'{str(kind).lower()}.{RBAC_GROUP} "{name}" not found'
+        return list(role.get("rules") or []), ""
+
+    def _authorize(
+        self, request: web.Request, verb: str, rt: ResourceType, sub: str | None, namespace: str | None, name: str
+    ) -> None:
+        """The requester's RBAC, as ``deny`` set it: 403 with the real server's message."""
+        if (verb, rt.plural, sub) in self._denied:
+            raise _forbidden(self._requester(request), verb, rt.group, rt.plural, sub, namespace, name)
+
+    def _requester(self, request: web.Request) -> str:
+        """Who a request's credential names: a ServiceAccount token this emulator issued, else a stand-in."""
+        scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+        if not scheme:
+            return "system:anonymous"
+        issued = self._tokens.get(token.strip()) if scheme.lower() == "bearer" else None
+        if issued is not None and self.review_token(token.strip()).get("authenticated"):
+            return issued.username
+        return "emulator-user"
+
+    def _token_request(self, namespace: str, name: str, body: Any) -> JSON:
+        """``POST serviceaccounts/<name>/token``: the checks and their order are the API server's ``TokenREST``."""
+        if not isinstance(body, Mapping) or not isinstance(body.get("metadata") or {}, Mapping):
+            raise _bad_request("the body of the request is not a TokenRequest")
+        expected = {"apiVersion": f"{AUTHENTICATION_GROUP}/v1", "kind": "TokenRequest"}
+        for key, value in expected.items():
+            if body.get(key) and body[key] != value:
+                raise _bad_request(f"the {key} of the object ({body[key]}) does not match the expected {value}")
+        meta = dict(body.get("metadata") or {})
+        for key in ("name", "namespace"):
+            if meta.get(key) and meta[key] != {"name": name, "namespace": namespace}[key]:
+                reason = f"must match the service account {key} if specified"
+                problem = (f"metadata.{key}", f"Invalid value: {_go_quote(meta[key])}: {reason}")
+                raise _invalid(AUTHENTICATION_GROUP, "TokenRequest", name, [problem])
+        account = self._lookup(self._type_at("v1", "serviceaccounts"), namespace, name)["metadata"]
+        spec = dict(body.get("spec") or {})
+        audiences = [str(a) for a in spec.get("audiences") or self.api_audiences]
+        seconds = spec.get("expirationSeconds")
+        seconds = DEFAULT_TOKEN_SECONDS if seconds is None else seconds
+        if not isinstance(seconds, int) or isinstance(seconds, bool):
+            raise _bad_request(f"spec.expirationSeconds must be an integer, not {_compact(seconds)}")
+        problems = []
+        if seconds < MIN_TOKEN_SECONDS:
+            reason = "may not specify a duration less than 10 minutes"
+            problems.append(("spec.expirationSeconds", f"Invalid value: {seconds}: {reason}"))
+        if seconds > 1 << 32:
+            reason = "may not specify a duration larger than 2^32 seconds"
+            problems.append(("spec.expirationSeconds", f"Invalid value: {seconds}: {reason}"))
+        if problems:  # the server validates after filling in the name: yet it reports an empty one
+            raise _invalid(AUTHENTICATION_GROUP, "TokenRequest", "", problems)
+        if spec.get("boundObjectRef"):
+            raise _bad_request("the kube emulator does not bind tokens to objects")
+        now = self.clock()
+        token = secrets.token_urlsafe(32)
+        issued = _IssuedToken(namespace, name, account["uid"], tuple(audiences), now + seconds, str(uuid.uuid4()))
+        self._tokens[token] = issued
+        return {
+            "kind": "TokenRequest",
+            "apiVersion": f"{AUTHENTICATION_GROUP}/v1",
+            "metadata": {
+                "name": name,
+                "namespace": namespace,
+                "uid": account["uid"],
+                "creationTimestamp": _timestamp(now),
+            },
+            "spec": {"audiences": audiences, "expirationSeconds": seconds, "boundObjectRef": None},
+            "status": {"token": token, "expirationTimestamp": _timestamp(now + seconds)},
+        }
+
+    def _review(self, rt: ResourceType, body: Any) -> JSON:
+        """A TokenReview or SubjectAccessReview: the request, answered with a status, and stored nowhere."""
+        meta = self._metadata_of(rt, body)
+        spec = dict(body.get("spec") or {})
+        if rt.kind == "TokenReview":
+            if not spec.get("token"):
+                raise _bad_request("token is required for TokenReview in authentication")
+            status = self.review_token(str(spec["token"]), tuple(spec.get("audiences") or ()))
+        else:
+            status = self._access_review(rt, spec, meta)
+        return {"kind": rt.kind, "apiVersion": rt.api_version, "metadata": {"creationTimestamp": None}} | {
+            "spec": spec,
+            "status": status,
+        }
+
+    def _access_review(self, rt: ResourceType, spec: Mapping[str, Any], meta: Mapping[str, Any]) -> JSON:
+        """``ValidateSubjectAccessReview``, then the authorizer's decision for the user and groups given."""
+        resource, non_resource = spec.get("resourceAttributes"), spec.get("nonResourceAttributes")
+        problems: list[tuple[str, str]] = []
+        if resource is not None and non_resource is not None:
+            reason = "cannot be specified in combination with resourceAttributes"
+            problems.append(("spec.nonResourceAttributes", f"Invalid value: {_compact(non_resource)}: {reason}"))
+        if resource is None and non_resource is None:
+            reason = "exactly one of nonResourceAttributes or resourceAttributes must be specified"
+            problems.append(("spec.resourceAttributes", f"Invalid value: null: {reason}"))
+        if not spec.get("user") and not spec.get("groups"):
+            reason = "at least one of user or group must be specified"
+            problems.append(("spec.user", f"Invalid value: {_go_quote(spec.get('user') or '')}: {reason}"))
+        if set_fields := {k: v for k, v in meta.items() if v not in (None, "", {}, [])}:
+            problems.append(("metadata", f"Invalid value: {_compact(set_fields)}: must be empty"))
+        if problems:
+            raise rt.invalid("", problems)
+        if resource is not None:
+            keys = ("namespace", "verb", "group", "resource", "subresource", "name")
+            attributes = {key: str(resource.get(key) or "") for key in keys}
+        else:
+            attributes = {key: str((non_resource or {}).get(key) or "") for key in ("verb", "path")}
+        allowed, reason = self.access_allowed(str(spec.get("user") or ""), list(spec.get("groups") or []), attributes)
+        return {"allowed": allowed} | ({"reason": reason} if reason else {})
+
     # -- HTTP --------------------------------------------------------------------------------------
 
     async def _handle(self, request: web.Request) -> web.StreamResponse:
@@ -781,14 +1206,9 @@ class KubeEmulator:
         # Authorization comes first, as on a real server: a denied request learns nothing of the pod.
         for verb in ("create", "get"):
             if (verb, "pods", "portforward") in self._denied:
-                user = "system:anonymous" if "Authorization" not in request.headers else "emulator-user"
-                message = (
-                    f'pods "{pod_name}" is forbidden: User "{user}" cannot {verb} resource "pods/portforward" '
-                    f'in API group "" in the namespace "{namespace}"'
-                )
                 record.status = 403
-                body = ApiError(403, "Forbidden", message, {"name": pod_name, "kind": "pods"}).status()
-                return web.json_response(body, status=403)
+                refusal = _forbidden(self._requester(request), verb, "", "pods", "portforward", namespace, pod_name)
+                return web.json_response(refusal.status(), status=403)
         pod = self._bucket(self._type_at("v1", "pods")).get((namespace, pod_name))
         ports = request.query.get("ports", "")
         if pod is None:
@@ -874,12 +1294,17 @@ class KubeEmulator:
                 return None
             resources: list[JSON] = []
             for rt in [rt for (g, v, _), rt in self._types.items() if (g, v) == (group, version)]:
+                all_verbs = ["create", "delete", "deletecollection", "get", "list", "patch", "update", "watch"]
                 resources.append(
                     {"name": rt.plural, "singularName": rt.singular, "namespaced": rt.namespaced, "kind": rt.kind}
-                    | {"verbs": ["create", "delete", "deletecollection", "get", "list", "patch", "update", "watch"]}
+                    | {"verbs": ["create"] if rt.create_only else all_verbs}
                     | ({"shortNames": list(rt.short_names)} if rt.short_names else {})
                     | ({"categories": list(rt.categories)} if rt.categories else {})
                 )
+                for sub in rt.create_subresources:  # serviceaccounts/token: a TokenRequest of another group
+                    token = {"name": f"{rt.plural}/{sub}", "singularName": "", "namespaced": rt.namespaced}
+                    token |= {"group": AUTHENTICATION_GROUP, "version": "v1", "kind": "TokenRequest"}
+                    resources.append(token | {"verbs": ["create"]})
                 if rt.status_subresource:
                     status = {"name": f"{rt.plural}/status", "singularName": "", "namespaced": rt.namespaced}
                     resources.append(status | {"kind": rt.kind, "verbs": ["get", "patch", "update"]})
@@ -912,9 +1337,8 @@ class KubeEmulator:
         rt = self._types.get((group, version, plural))
         if rt is None or len(rest) > 3 or (namespace is not None and not rt.namespaced):
             raise not_found
-        if (rt.namespaced and namespace is None and name is not None) or (
-            sub and (sub, rt.status_subresource) != ("status", True)
-        ):
+        served = sub is None or (sub == "status" and rt.status_subresource) or sub in rt.create_subresources
+        if (rt.namespaced and namespace is None and name is not None) or not served:
             raise not_found
         return rt, namespace, name, sub
 
@@ -925,6 +1349,15 @@ class KubeEmulator:
             return web.json_response(doc)
         rt, namespace, name, sub = self._resolve(parts, record)
         query = request.query
+        if sub is not None and sub in rt.create_subresources:
+            record.verb = "create"
+            if request.method != "POST":
+                raise _not_allowed()
+            self._authorize(request, "create", rt, sub, namespace, name or "")
+            if "dryRun" in query:
+                raise _bad_request("dryRun is not supported by the kube emulator")
+            body = await self._body(request, "create")
+            return web.json_response(self._token_request(namespace or "", name or "", body), status=201)
         verbs = {
             "GET": "watch" if _truthy(query.get("watch")) else "get" if name else "list",
             "POST": "create",
@@ -939,11 +1372,9 @@ class KubeEmulator:
             verb in ("create", "deletecollection") and rt.namespaced and namespace is None
         ):
             raise _not_allowed()
-        if (verb, rt.plural, sub) in self._denied:
-            scope = f' in the namespace "{namespace}"' if namespace else " at the cluster scope"
-            what = f"{rt.plural}/{sub}" if sub else rt.plural
-            message = f'{what}{f" {name!r}" if name else ""} is forbidden: cannot {verb} resource "{what}"'
-            raise ApiError(403, "Forbidden", f"{message} in API group {rt.group!r}{scope}", rt.details(name or ""))
+        if rt.create_only and verb != "create":
+            raise _not_allowed()
+        self._authorize(request, verb, rt, sub, namespace, name or "")
         if "dryRun" in query:
             raise _bad_request("dryRun is not supported by the kube emulator")
         if verb == "get":
@@ -957,6 +1388,8 @@ class KubeEmulator:
             items = [self._present(rt, self._delete(rt, namespace, o["metadata"]["name"], {})) for o in listed["items"]]
             return web.json_response(listed | {"items": items})
         body = await self._body(request, verb)
+        if verb == "create" and rt.create_only:
+            return web.json_response(self._review(rt, body), status=201)
         if verb == "create":
             obj = self._create(rt, namespace, body, keep_status=False)
             record.name = obj["metadata"]["name"]

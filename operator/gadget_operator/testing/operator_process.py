@@ -19,6 +19,13 @@ from pathlib import Path
 
 import aiohttp
 
+_SETPRIV = shutil.which("setpriv")
+_DIE_WITH_PARENT: tuple[str, ...] = (_SETPRIV, "--pdeathsig", "KILL", "--") if _SETPRIV else ()
+"""Run the operator so that the kernel kills it when the test process dies, however it dies: a run that
+crashes must not leave an operator behind, still reconciling (on a real cluster: the next run's
+cluster-scoped resources). util-linux's ``setpriv`` sets it between fork and exec; a ``preexec_fn``
+would run Python in a forked copy of a process that holds gRPC's event engine, which aborts."""
+
 
 def free_port() -> int:
     with socket.socket() as probe:
@@ -30,7 +37,8 @@ class OperatorProcess:
     """``gadget-operator run``; ``start`` returns once its liveness probe answers.
 
     With ``static_nodes`` it uses static discovery from that file; without, pods discovery as
-    configured by ``extra_args``.
+    configured by ``extra_args``. Its control API listens on free loopback ports picked at each start
+    (``control_address``, ``control_http_url``), unless ``extra_args`` say where.
     """
 
     def __init__(
@@ -51,6 +59,8 @@ class OperatorProcess:
         self.log_path = Path(tempfile.mkstemp(prefix="gadget-operator-", suffix=".log", dir=log_dir)[1])
         self.process: asyncio.subprocess.Process | None = None
         self.liveness_port = 0
+        self.control_port = 0
+        self.control_http_port = 0
         self._log_dir = log_dir
         self._temp_dir: str | None = None
 
@@ -68,6 +78,9 @@ class OperatorProcess:
     async def _start(self, within: float) -> None:
         self.liveness_port = free_port()
         args = ["-m", "gadget_operator", "run"]
+        if not any(arg.startswith("--control-") for arg in self.extra_args):
+            self.control_port, self.control_http_port = free_port(), free_port()
+            args += ["--control-address", self.control_address, "--control-http-address", self.control_http_address]
         if self.static_nodes is not None:
             args += ["--discovery", "static", "--static-nodes", str(self.static_nodes)]
         args += [
@@ -88,9 +101,23 @@ class OperatorProcess:
         env["TMPDIR"] = self._temp_dir
         with self.log_path.open("ab") as log:
             self.process = await asyncio.create_subprocess_exec(
-                sys.executable, *args, stdout=log, stderr=asyncio.subprocess.STDOUT, env=env
+                *_DIE_WITH_PARENT, sys.executable, *args, stdout=log, stderr=asyncio.subprocess.STDOUT, env=env
             )
         await self._wait_alive(within)
+
+    @property
+    def control_address(self) -> str:
+        """``host:port`` of its control API's gRPC listener."""
+        return f"127.0.0.1:{self.control_port}"
+
+    @property
+    def control_http_address(self) -> str:
+        return f"127.0.0.1:{self.control_http_port}"
+
+    @property
+    def control_http_url(self) -> str:
+        """The base URL of its control API's HTTP/JSON listener."""
+        return f"http://{self.control_http_address}"
 
     async def _wait_alive(self, within: float) -> None:
         url = f"http://127.0.0.1:{self.liveness_port}/healthz"
