@@ -72,8 +72,9 @@ class InstanceEvent:
     message: str = ""
 
     def summary(self) -> str:
+        # The resource and what happened first: the ID, long and rarely read, last (a narrow pane cuts it).
         where = f" on {self.node}" if self.node else ""
-        text = f"instance {self.instance_id} of {self.resource} {self.action.name.lower()}{where}"
+        text = f"{self.resource}: instance {self.action.name.lower()}{where} ({self.instance_id})"
         return f"{text}: {self.message}" if self.message else text
 
 
