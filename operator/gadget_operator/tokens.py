@@ -18,11 +18,14 @@ logged (``IssuedToken`` hides its value from ``repr``).
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 from gadget_operator import errors
+
+logger = logging.getLogger(__name__)
 
 AUDIENCE = "inspektor-gadget"
 """The audience IG's daemons review tokens for; a token for another audience is refused."""
@@ -72,6 +75,7 @@ class TokenUnavailable(errors.CallerRefused):
 class _Entry:
     token: str = field(default="", repr=False)
     renew_at: float = 0.0
+    expires: float = 0.0
     failure: str = ""
     retry_at: float = 0.0
     pending: asyncio.Future[str] | None = None
@@ -104,14 +108,14 @@ class TokenSource:
     async def token(self, namespace: str | None) -> str:
         """A valid token of ``account_for(namespace)``; one TokenRequest at a time per account."""
         account = self.account_for(namespace)
-        entry = self._entries.get(account)
+        entry = self._entries.setdefault(account, _Entry())
         now = self._clock()
-        if entry is None:
-            entry = self._entries[account] = _Entry()
-        elif entry.token and now < entry.renew_at:
-            return entry.token
-        elif entry.failure and now < entry.retry_at:
+        if entry.failure and now < entry.retry_at:
+            if entry.token and now < entry.expires:
+                return entry.token  # a renewal failed: the current token serves until it expires
             raise TokenUnavailable(entry.failure)
+        if entry.token and now < entry.renew_at:
+            return entry.token
         if entry.pending is None:
             entry.pending = asyncio.ensure_future(self._renew(account, entry))
         return await asyncio.shield(entry.pending)
@@ -120,14 +124,20 @@ class TokenSource:
         try:
             issued = await self._request(account, AUDIENCE, self.lifetime)
         except Exception as error:  # the API's refusal, whatever its type: it becomes the status message
-            entry.token = ""
+            now = self._clock()
             entry.failure = _unavailable(account, error)
-            entry.retry_at = self._clock() + RETRY_AFTER
+            entry.retry_at = now + RETRY_AFTER
+            if entry.token and now < entry.expires:
+                logger.warning(
+                    "renewing the token of %s failed, the current one serves until it expires: %s", account, error
+                )
+                return entry.token
+            entry.token = ""
             raise TokenUnavailable(entry.failure) from error
         finally:
             entry.pending = None
         now = self._clock()
-        entry.token, entry.failure = issued.token, ""
+        entry.token, entry.expires, entry.failure = issued.token, issued.expires, ""
         entry.renew_at = now + max(0.0, issued.expires - now) * RENEW_AT
         return issued.token
 

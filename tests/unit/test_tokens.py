@@ -109,6 +109,19 @@ async def test_one_namespace_refused_does_not_affect_another(api: TokenApi, cloc
     assert await tokens_.token("team-b") == "token-2"
 
 
+async def test_a_failed_renewal_keeps_the_current_token_until_it_expires(api: TokenApi, clock: Clock) -> None:
+    tokens_ = source(api, clock, lifetime=1000)
+    assert await tokens_.token("team-a") == "token-1"
+    api.refuse[ServiceAccount("team-a", "gadget-tenant")] = "the API server is restarting"
+    clock.now += 900  # past the renewal point, before expiry
+    assert await tokens_.token("team-a") == "token-1"
+    assert await tokens_.token("team-a") == "token-1"  # no new request within the retry interval
+    assert len(api.requests) == 2
+    clock.now += 100  # expired: nothing left to send
+    with pytest.raises(tokens.TokenUnavailable, match="the API server is restarting"):
+        await tokens_.token("team-a")
+
+
 def test_the_token_never_shows_in_a_repr() -> None:
     assert "s3cret" not in repr(IssuedToken("s3cret", 0.0))
 
