@@ -173,9 +173,10 @@ class RollingUpdates:
         return gi.spec.update_strategy.batch_size(len(targets)), targets, failed
 
     def _targets(self, gi: GadgetInstanceResource, spec: GadgetInstanceSpec) -> list[str]:
-        if self.rec.shared is None:
-            return self.rec.desired.matching_nodes(gi, spec)
-        return [node for node, labels in self.rec.topology.labels.items() if spec.targets(node, labels)]
+        """The nodes the rollout goes through: those the spec selects that have a daemon now. A Node
+        without one runs nothing meanwhile, so it has nothing to protect, and a batch must never wait
+        on it (in the shared store it would wait forever: IG may never run on that node)."""
+        return self.rec.desired.matching_nodes(gi, spec)
 
     def hold_back(
         self, node: str, desired: list[planner.DesiredInstance], actual: Mapping[str, model.GadgetInstance]

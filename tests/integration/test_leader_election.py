@@ -617,9 +617,11 @@ def ha_overlay_rbac(namespace: str) -> list[dict[str, Any]]:
     `gadget`, where the shared store is); cluster-wide objects get names of their own."""
     binaries = k8s_binaries.ensure()
     rendered = load_documents(run([binaries["kubectl"], "kustomize", str(HA_OVERLAY)]).stdout)
+    # The roles to hand out to users (user-roles.yaml) are bound to nobody: not the operator's.
+    bound = {o["roleRef"]["name"] for o in rendered if o["kind"].endswith("Binding")}
     objects = []
     for obj in rendered:
-        if obj["kind"] not in HA_RBAC_KINDS:
+        if obj["kind"] not in HA_RBAC_KINDS or (obj["kind"] == "ClusterRole" and obj["metadata"]["name"] not in bound):
             continue
         if obj["kind"].startswith("Cluster"):
             obj["metadata"]["name"] = f"{namespace}-{obj['metadata']['name']}"

@@ -140,3 +140,20 @@ async def test_a_rolling_update_starts_max_surge_nodes_at_a_time_and_shows_its_p
         what="the previous spec removed everywhere",
     )
     assert all(i.params["operator.KubeManager.podname"] == "api-1" for found in owned.values() for i in found)
+
+
+async def test_a_node_without_a_daemon_does_not_hold_up_a_rolling_update(env: Env) -> None:
+    """A Node that runs no gadget daemon (IG not scheduled there, or its pod gone) runs nothing to
+    protect: the rollout goes through the nodes that have one, and ends."""
+    await env.cluster.add_node(env.cluster.node_name(NODE_COUNT + 1), {"gadget-test/role": "worker"})
+    uid = (await env.cluster.apply("trace", V1))["metadata"]["uid"]
+    await env.cluster.wait_phase("trace", "Running")
+    await env.cluster.patch_spec("trace", {"params": {"operator.KubeManager.podname": "api-1"}})
+    body = await env.cluster.wait_phase("trace", "Running", within=40)
+    assert rollout_of(body) is None
+    owned = await env.nodes.wait_owned(
+        uid,
+        lambda owned: len(owned) == NODE_COUNT and all(len(i) == 1 for i in owned.values()),
+        what="the previous spec removed everywhere",
+    )
+    assert {i.params["operator.KubeManager.podname"] for instances in owned.values() for i in instances} == {"api-1"}
