@@ -618,7 +618,7 @@ def ha_overlay_rbac(namespace: str) -> list[dict[str, Any]]:
     binaries = k8s_binaries.ensure()
     rendered = load_documents(run([binaries["kubectl"], "kustomize", str(HA_OVERLAY)]).stdout)
     # The roles to hand out to users (user-roles.yaml) are bound to nobody: not the operator's.
-    bound = {o["roleRef"]["name"] for o in rendered if o["kind"].endswith("Binding")}
+    bound = {o["roleRef"]["name"] for o in rendered if o["kind"] in ("ClusterRoleBinding", "RoleBinding")}
     objects = []
     for obj in rendered:
         if obj["kind"] not in HA_RBAC_KINDS or (obj["kind"] == "ClusterRole" and obj["metadata"]["name"] not in bound):
