@@ -140,6 +140,18 @@ def containers_env(deployment: Mapping[str, Any]) -> dict[str, str]:
     return env
 
 
+# What the chart's igMultiTenancy and the kustomize component ig-multi-tenancy add, sorted by (kind, name):
+# the same objects under the same names (release gadget-operator).
+MULTI_TENANCY_OBJECTS = [
+    ("ClusterRole", "gadget-operator-ig-scope"),
+    ("ClusterRole", "gadget-operator-tenant-tokens"),
+    ("ClusterRoleBinding", "gadget-operator-ig-scope"),
+    ("ClusterRoleBinding", "gadget-operator-tenant-tokens"),
+    ("Role", "gadget-operator-own-token"),
+    ("RoleBinding", "gadget-operator-own-token"),
+]
+
+
 def resolved_env(deployment: Mapping[str, Any]) -> dict[str, str]:
     """The operator container's environment as the kubelet sets it: the downward API's pod fields
     (``metadata.namespace``, ``spec.serviceAccountName``) filled in, and ``$(VAR)`` references to

@@ -14,6 +14,7 @@ import yaml
 from tests.packaging.conftest import (
     CHART,
     CUSTOM_VALUES,
+    MULTI_TENANCY_OBJECTS,
     NAMESPACE,
     RELEASE,
     ROOT,
@@ -306,14 +307,6 @@ def test_notes_render(helm: Path, tmp_path: Path) -> None:
 
 # -- igMultiTenancy (Inspektor Gadget's multi-tenancy) -----------------------------------------------------
 
-MULTI_TENANCY_OBJECTS = [
-    ("ClusterRole", "gadget-operator-ig-scope"),
-    ("ClusterRole", "gadget-operator-tenant-tokens"),
-    ("ClusterRoleBinding", "gadget-operator-ig-scope"),
-    ("ClusterRoleBinding", "gadget-operator-tenant-tokens"),
-    ("Role", "gadget-operator-own-token"),
-    ("RoleBinding", "gadget-operator-own-token"),
-]
 MULTI_TENANCY_ENV = {
     "GADGET_OPERATOR_IG_MULTI_TENANCY",
     "GADGET_OPERATOR_OPERATOR_SERVICE_ACCOUNT",

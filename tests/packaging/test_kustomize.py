@@ -11,6 +11,7 @@ import yaml
 from tests.packaging.conftest import (
     BASE,
     IG_MULTI_TENANCY,
+    MULTI_TENANCY_OBJECTS,
     NAMESPACE,
     OVERLAY,
     ROOT,
@@ -256,15 +257,6 @@ def test_ha_overlay_keeps_the_rest_of_the_base(base: list[dict[str, Any]], ha_ov
 
 
 # -- the component ig-multi-tenancy -------------------------------------------------------------------------
-
-MULTI_TENANCY_OBJECTS = [
-    ("ClusterRole", "gadget-operator-ig-scope"),
-    ("ClusterRole", "gadget-operator-tenant-tokens"),
-    ("ClusterRoleBinding", "gadget-operator-ig-scope"),
-    ("ClusterRoleBinding", "gadget-operator-tenant-tokens"),
-    ("Role", "gadget-operator-own-token"),
-    ("RoleBinding", "gadget-operator-own-token"),
-]
 
 
 def test_ig_multi_tenancy_component_is_a_component() -> None:
